@@ -1,0 +1,1 @@
+"""Southbound drivers: protocols and device profiles into ReadingBatches, with per-device health."""

@@ -1,0 +1,1 @@
+"""Modbus TCP/RTU polling driven by device profiles."""

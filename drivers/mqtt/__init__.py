@@ -1,0 +1,1 @@
+"""MQTT subscription under asyncio and payload decoders."""

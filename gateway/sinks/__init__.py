@@ -1,0 +1,1 @@
+"""Northbound sinks: line protocol, the on-disk outbox, InfluxDB writers."""

@@ -1,0 +1,1 @@
+"""Pure computation on columnar reading batches: numpy and numba only, no I/O, no clock."""

@@ -1,0 +1,114 @@
+"""The one declaration of every measurement the gateway writes.
+
+The line-protocol encoder, the drivers' field checks, the dashboards and the docs' table of
+measurements are all derived from this module, so they cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FieldKind = Literal["gauge", "counter", "state"]
+FieldType = Literal["float", "int"]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    unit: str
+    description: str
+    kind: FieldKind = "gauge"  # counter: cumulative and only moves forward (rollover/replacement aside)
+    type: FieldType = "float"  # how it is written to InfluxDB; fixed per field so types never conflict
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    name: str
+    description: str
+    tags: tuple[str, ...]
+    fields: dict[str, Field] = field(default_factory=dict)
+
+    def field(self, name: str) -> Field:
+        try:
+            return self.fields[name]
+        except KeyError:
+            raise KeyError(f"measurement {self.name!r} has no field {name!r}") from None
+
+
+def _m(name: str, description: str, tags: tuple[str, ...], *fields: Field) -> Measurement:
+    return Measurement(name, description, tags, {f.name: f for f in fields})
+
+
+_PHASES = ("l1", "l2", "l3")
+
+ENERGY_METER = _m(
+    "energy_meter",
+    "Electricity meters: households, building common loads, PV; polled over Modbus or DL/T 645",
+    ("site", "building", "device", "model"),
+    *[Field(f"voltage_{p}", "V", f"Phase {p.upper()} to neutral voltage") for p in _PHASES],
+    *[Field(f"current_{p}", "A", f"Phase {p.upper()} current") for p in _PHASES],
+    *[Field(f"active_power_{p}", "W", f"Phase {p.upper()} active power") for p in _PHASES],
+    Field("voltage", "V", "Voltage (single-phase meters)"),
+    Field("current", "A", "Current (single-phase meters)"),
+    Field("active_power", "W", "Total active power, positive when importing"),
+    Field("reactive_power", "var", "Total reactive power"),
+    Field("apparent_power", "VA", "Total apparent power"),
+    Field("power_factor", "", "Total power factor"),
+    Field("frequency", "Hz", "Grid frequency"),
+    Field("energy_import", "kWh", "Cumulative imported active energy", kind="counter"),
+    Field("energy_export", "kWh", "Cumulative exported active energy", kind="counter"),
+    Field("energy_total", "kWh", "Cumulative import plus export active energy", kind="counter"),
+)
+
+PARKING_BAY = _m(
+    "parking_bay",
+    "LoRaWAN geomagnetic parking sensors received through ChirpStack",
+    ("site", "device", "bay", "zone"),
+    Field("occupied", "", "1 when a vehicle is over the sensor", kind="state", type="int"),
+    Field("temperature", "°C", "Sensor temperature from heartbeats"),
+    Field("rssi", "dBm", "Best gateway RSSI of the uplink"),
+    Field("snr", "dB", "Best gateway SNR of the uplink"),
+)
+
+PEOPLE_COUNTER = _m(
+    "people_counter",
+    "People-counting cameras at gates and lobbies",
+    ("site", "device", "gate"),
+    Field("in_total", "people", "Cumulative entries as reported by the camera", kind="counter", type="int"),
+    Field("out_total", "people", "Cumulative exits as reported by the camera", kind="counter", type="int"),
+    Field("in_count", "people", "Entries since the previous report", type="int"),
+    Field("out_count", "people", "Exits since the previous report", type="int"),
+)
+
+ELEVATOR = _m(
+    "elevator",
+    "Elevator monitors: real-time car status",
+    ("site", "building", "device"),
+    Field("floor", "", "Current floor (negative below ground)", kind="state", type="int"),
+    Field("direction", "", "0 stopped, 1 up, 2 down", kind="state", type="int"),
+    Field("door_state", "", "0 closed, 1 open, 2 closing, 3 opening", kind="state", type="int"),
+    Field("moving", "", "1 while the car moves", kind="state", type="int"),
+    Field("in_door_zone", "", "1 when the car is level with a landing", kind="state", type="int"),
+    Field("occupied", "", "1 when someone is in the car", kind="state", type="int"),
+    Field("speed", "m/s", "Car speed"),
+    Field("run_count", "", "Cumulative trips", kind="counter", type="int"),
+)
+
+DEVICE_HEALTH = _m(
+    "device_health",
+    "Per-device link health written by the gateway itself",
+    ("site", "device", "driver"),
+    Field("online", "", "1 when the last poll or message succeeded", kind="state", type="int"),
+    Field("errors", "", "Cumulative errors since the gateway started", kind="counter", type="int"),
+)
+
+MEASUREMENTS: dict[str, Measurement] = {
+    m.name: m for m in (ENERGY_METER, PARKING_BAY, PEOPLE_COUNTER, ELEVATOR, DEVICE_HEALTH)
+}
+
+
+def measurement(name: str) -> Measurement:
+    try:
+        return MEASUREMENTS[name]
+    except KeyError:
+        raise KeyError(f"unknown measurement {name!r}; known: {', '.join(sorted(MEASUREMENTS))}") from None
