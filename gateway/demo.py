@@ -1,0 +1,132 @@
+"""``cgw demo``: the simulated community end to end on this machine.
+
+Uses an InfluxDB already answering on 127.0.0.1:8086 if there is one, otherwise starts a private
+influxd there; starts a private mosquitto, firmware-sim and the gateway; prints what is flowing
+until Ctrl-C or --duration, then stops everything it started.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+import tomli_w
+
+from gateway.devservices import Service, influx_ping, port_open, start_influxd, start_mosquitto
+
+DATABASE = "community"
+
+
+def influx_query(url: str, q: str, db: str = DATABASE) -> list[dict]:
+    params = urllib.parse.urlencode({"db": db, "q": q, "epoch": "ns"})
+    with urllib.request.urlopen(f"{url}/query?{params}", timeout=5) as r:
+        doc = json.load(r)
+    return [s for res in doc.get("results", []) for s in res.get("series", [])]
+
+
+def _stop(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from firmware_sim.scenario import gateway_config, load_scenario
+
+    workdir: Path = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    scenario_path = args.scenario or Path(str(resources.files("firmware_sim.scenarios") / "demo.toml"))
+    scenario = load_scenario(scenario_path)
+    started: list[Service] = []
+    sim = gw = None
+    stopping = False
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        influx_url = "http://127.0.0.1:8086"
+        if influx_ping(influx_url):
+            print(f"using the InfluxDB already answering at {influx_url}")
+        else:
+            port = 8086 if not port_open("127.0.0.1", 8086) else None
+            svc = start_influxd(workdir / "influxdb", port=port)
+            started.append(svc)
+            influx_url = f"http://127.0.0.1:{svc.port}"
+            print(f"started a private InfluxDB at {influx_url} (data in {svc.workdir})")
+        assert scenario.mqtt is not None
+        if port_open(scenario.mqtt.host, scenario.mqtt.port):
+            print(f"using the MQTT broker already at {scenario.mqtt.host}:{scenario.mqtt.port}")
+        else:
+            started.append(start_mosquitto(workdir / "mosquitto", port=scenario.mqtt.port, host=scenario.mqtt.host))
+            print(f"started a private mosquitto at {scenario.mqtt.host}:{scenario.mqtt.port}")
+        config = workdir / "gateway.toml"
+        config.write_text(tomli_w.dumps(gateway_config(scenario, influx_url, DATABASE, str(workdir / "data"),
+                                                       status_interval_s=10.0)))
+        gw_log = open(workdir / "gateway.log", "ab")
+        gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
+                              stdout=gw_log, stderr=gw_log)
+        time.sleep(2.0)  # the gateway subscribes first, so the sensors' first uplinks are not missed
+        sim_log = open(workdir / "firmware-sim.log", "ab")
+        sim = subprocess.Popen([sys.executable, "-m", "firmware_sim", "--scenario", str(scenario_path)],
+                               stdout=sim_log, stderr=sim_log)
+        n_devices = len(scenario.meters) + len(scenario.parking)
+        print(f"firmware-sim: {len(scenario.meters)} meters on Modbus TCP {scenario.modbus_tcp.host}:"
+              f"{scenario.modbus_tcp.port}, {len(scenario.parking)} parking sensors over MQTT")
+        print(f"gateway: config {config}, logs {workdir / 'gateway.log'}")
+        print(f"query it:  influx -host 127.0.0.1 -port {urllib.parse.urlparse(influx_url).port} -database {DATABASE} "
+              f"-execute 'SELECT * FROM energy_meter ORDER BY time DESC LIMIT 5'")
+        t0 = time.monotonic()
+        next_report = t0 + 10
+        while not stopping:
+            if args.duration and time.monotonic() - t0 >= args.duration:
+                break
+            for name, proc in (("firmware-sim", sim), ("gateway", gw)):
+                if proc.poll() is not None:
+                    print(f"{name} exited with {proc.returncode}; see {workdir}/{name}.log", file=sys.stderr)
+                    return 1
+            if time.monotonic() >= next_report:
+                next_report += 10
+                try:
+                    report(influx_url, n_devices)
+                except OSError as e:
+                    print(f"InfluxDB query failed: {e}")
+            time.sleep(0.2)
+        return 0
+    finally:
+        _stop(gw)
+        _stop(sim)
+        for svc in reversed(started):
+            svc.stop()
+        print("demo stopped")
+
+
+def report(influx_url: str, n_devices: int) -> None:
+    window = "time > now() - 10s"
+    points = 0
+    for meas in ("energy_meter", "parking_bay"):
+        for s in influx_query(influx_url, f"SELECT count(*) FROM {meas} WHERE {window}"):
+            points += sum(v for v in s["values"][0][1:] if isinstance(v, (int, float)))
+    online = 0
+    for meas in ("energy_meter", "parking_bay"):
+        rows = influx_query(influx_url, f'SHOW TAG VALUES FROM {meas} WITH KEY = "device" WHERE time > now() - 5m')
+        online += sum(len(s.get("values", [])) for s in rows)
+    total = influx_query(influx_url, "SELECT count(energy_import) FROM energy_meter")
+    stored = total[0]["values"][0][1] if total else 0
+    print(f"{time.strftime('%H:%M:%S')}  {points / 10:7.1f} values/s into InfluxDB   devices reporting: "
+          f"{online}/{n_devices}   meter readings stored: {stored}", flush=True)

@@ -1,0 +1,396 @@
+"""Energy per aligned interval (1 min, 15 min, ...) from validated cumulative kWh counters.
+
+Input is what :mod:`pipelines.validate` produces per reading: a corrected ``delta`` (kWh) over the
+span ``(prev_ts, ts]``. Each delta is spread over the aligned intervals its span overlaps, linearly
+in time (the meter is assumed to count at a constant rate between two readings). Why this way:
+
+* **Exact totals.** The parts of one delta are computed from cumulative fractions and the last part
+  is ``delta - assigned``, so a meter's intervals add up to its counter delta (to rounding).
+  Energy that cannot be placed is never dropped: it goes into an *unapportioned* record (meter,
+  span, kWh, reason) so that ``sum(intervals) + sum(unapportioned) == counter delta``.
+* **Gaps.** A delta whose span VEE flagged as a gap (longer than its ``max_gap_s``) is not spread:
+  interpolating over hours would invent a load profile. Its kWh go to an unapportioned record with
+  reason ``GAP``; the intervals it covers get no energy from it and stay incomplete (coverage < 1)
+  or absent, i.e. *missing*. Shorter spans are interpolated; an interval that contains no reading
+  of its own (it lies strictly inside a span) is flagged ``QUALITY_ESTIMATED``. Flags from VEE
+  (EDITED after a rollover, ESTIMATED after a replacement, SUSPECT) carry over to the intervals.
+* **Watermark.** Intervals are emitted once closed: when their end is at or before the watermark,
+  the latest timestamp seen minus ``lateness_ns``. A meter whose data arrives late (within what the
+  ring keeps) is folded into its intervals and the changed intervals are emitted again; the last
+  emission of an interval is its value (as InfluxDB keeps the last write of a point).
+* **Bounded state.** Each meter keeps a ring of ``K = ceil(max_span / interval) + 2`` intervals, so
+  memory does not grow with time. Modified intervals are tracked in two lists (waiting for the
+  watermark / ready to emit), so the cost per call is proportional to the data, not to the number
+  of open intervals: a batch of 1,000 readings does not scan 10,000 meters.
+
+Rows emitted: ``meter`` (dense meter index), ``start_ns``, ``energy_kwh``, ``quality`` (uint8 bits
+from pipelines.batch) and ``coverage`` (fraction of the interval the energy accounts for; 1.0 means
+complete, less means part of the interval is missing).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from pipelines.batch import QUALITY_EDITED, QUALITY_ESTIMATED, QUALITY_SUSPECT
+from pipelines.validate import EV_GAP, VeeResult
+
+UNAPPORTIONED_GAP = 1  # the span was longer than the max gap: not interpolated
+UNAPPORTIONED_LATE = 2  # the span reaches back further than the meter's ring keeps
+
+_CARRY = QUALITY_EDITED | QUALITY_ESTIMATED | QUALITY_SUSPECT
+_EMPTY = np.iinfo(np.int64).min
+# G (globals) layout
+G_MAX_TS, G_SCANNED, G_NPEND, G_NREADY = 0, 1, 2, 3
+ST_CLEAN, ST_PENDING, ST_READY = 0, 1, 2
+
+
+@dataclass(slots=True)
+class IntervalRows:
+    """Emitted intervals (re-emissions included, in emission order; the last one wins)."""
+
+    meter: np.ndarray  # int32
+    start_ns: np.ndarray  # int64
+    energy_kwh: np.ndarray  # float64
+    quality: np.ndarray  # uint8
+    coverage: np.ndarray  # float32, 1.0 = complete
+
+    def __len__(self) -> int:
+        return len(self.meter)
+
+
+@dataclass(slots=True)
+class Unapportioned:
+    """Energy that was counted but could not be placed in intervals, with its span and reason."""
+
+    meter: np.ndarray  # int32
+    start_ns: np.ndarray  # int64
+    end_ns: np.ndarray  # int64
+    energy_kwh: np.ndarray  # float64
+    reason: np.ndarray  # uint8: UNAPPORTIONED_GAP or UNAPPORTIONED_LATE
+
+    def __len__(self) -> int:
+        return len(self.meter)
+
+
+class IntervalState:
+    """Per-meter rings of open intervals, the emission lists and the watermark."""
+
+    __slots__ = ("interval_ns", "lateness_ns", "k", "cap", "r_idx", "r_e", "r_cov", "r_q", "r_st",
+                 "g", "pend", "ready", "oi", "of", "ui", "uf")
+
+    def __init__(self, interval_ns: int, lateness_ns: int = 0, max_span_ns: int = 7_200 * 10**9,
+                 n_meters: int = 16):
+        """``max_span_ns``: the longest span that is interpolated (VEE's max gap, the largest over
+        meter kinds); it sizes the ring. ``lateness_ns``: how long after its end an interval waits."""
+        if interval_ns <= 0 or lateness_ns < 0 or max_span_ns <= 0:
+            raise ValueError("interval_ns and max_span_ns must be > 0, lateness_ns >= 0")
+        self.interval_ns = int(interval_ns)
+        self.lateness_ns = int(lateness_ns)
+        self.k = int(-(-int(max_span_ns) // self.interval_ns) + 2)
+        self.cap = 0
+        k = self.k
+        self.r_idx = np.full((0, k), _EMPTY, dtype=np.int64)
+        self.r_e = np.zeros((0, k), dtype=np.float64)
+        self.r_cov = np.zeros((0, k), dtype=np.int64)
+        self.r_q = np.zeros((0, k), dtype=np.uint8)
+        self.r_st = np.zeros((0, k), dtype=np.uint8)
+        self.g = np.array([_EMPTY, _EMPTY, 0, 0], dtype=np.int64)
+        self.pend = np.zeros((64, 2), dtype=np.int64)
+        self.ready = np.zeros((64, 2), dtype=np.int64)
+        self.oi = np.zeros((256, 3), dtype=np.int64)  # meter, start index, quality
+        self.of = np.zeros((256, 2), dtype=np.float64)  # energy, coverage
+        self.ui = np.zeros((16, 4), dtype=np.int64)  # meter, start, end, reason
+        self.uf = np.zeros(16, dtype=np.float64)
+        self.ensure_capacity(max(int(n_meters), 1))
+
+    def ensure_capacity(self, n_meters: int) -> None:
+        if n_meters <= self.cap:
+            return
+        cap = max(self.cap, 16)
+        while cap < n_meters:
+            cap *= 2
+
+        def grow(a: np.ndarray, fill: int | float) -> np.ndarray:
+            b = np.full((cap, self.k), fill, dtype=a.dtype)
+            b[: self.cap] = a
+            return b
+
+        self.r_idx = grow(self.r_idx, _EMPTY)
+        self.r_e = grow(self.r_e, 0.0)
+        self.r_cov = grow(self.r_cov, 0)
+        self.r_q = grow(self.r_q, 0)
+        self.r_st = grow(self.r_st, 0)
+        self.cap = cap
+
+    @property
+    def watermark_ns(self) -> int | None:
+        """Latest timestamp seen minus the lateness; intervals ending at or before it are closed."""
+        mx = int(self.g[G_MAX_TS])
+        return None if mx == _EMPTY else mx - self.lateness_ns
+
+
+@numba.njit(cache=True)
+def _grow2(a):  # pragma: no cover - compiled
+    b = np.zeros((a.shape[0] * 2, a.shape[1]), dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@numba.njit(cache=True)
+def _grow1(a):  # pragma: no cover - compiled
+    b = np.zeros(a.shape[0] * 2, dtype=a.dtype)
+    b[: a.shape[0]] = a
+    return b
+
+
+@numba.njit(cache=True)
+def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late_ns, hint_ts,
+                     R_idx, R_e, R_cov, R_q, R_st, G, pend, ready, oi, of, ui, uf):  # pragma: no cover
+    K = R_idx.shape[1]
+    n_out = 0
+    n_un = 0
+    n_pend = G[G_NPEND]
+    n_ready = G[G_NREADY]
+    max_ts = G[G_MAX_TS]
+    if hint_ts > max_ts:
+        max_ts = hint_ts
+    for idx in range(series.shape[0]):
+        t1 = t1s[idx]
+        if t1 > max_ts:
+            max_ts = t1
+        m = series_meter[series[idx]]
+        if m < 0:
+            continue
+        d = deltas[idx]
+        if not np.isfinite(d):
+            continue
+        t0 = t0s[idx]
+        if (evs[idx] & EV_GAP) != 0 or t1 <= t0:
+            if n_un == ui.shape[0]:
+                ui = _grow2(ui)
+                uf = _grow1(uf)
+            ui[n_un, 0] = m
+            ui[n_un, 1] = t0
+            ui[n_un, 2] = t1
+            ui[n_un, 3] = UNAPPORTIONED_GAP
+            uf[n_un] = d
+            n_un += 1
+            continue
+        wm = max_ts - late_ns
+        q = qs[idx] & _CARRY
+        span = np.float64(t1 - t0)
+        j0 = t0 // I_ns
+        j1 = (t1 - 1) // I_ns
+        assigned = 0.0
+        for j in range(j0, j1 + 1):
+            a = j * I_ns
+            b = a + I_ns
+            lo = t0 if t0 > a else a
+            hi = t1 if t1 < b else b
+            if j == j1:
+                part = d - assigned
+            else:
+                cum = d * ((hi - t0) / span)
+                part = cum - assigned
+                assigned = cum
+            qj = q
+            if j0 < j < j1:
+                qj |= QUALITY_ESTIMATED
+            slot = j % K
+            cur = R_idx[m, slot]
+            if cur != j:
+                if cur > j:
+                    # older than this meter's ring keeps: counted, but cannot be placed
+                    if n_un == ui.shape[0]:
+                        ui = _grow2(ui)
+                        uf = _grow1(uf)
+                    ui[n_un, 0] = m
+                    ui[n_un, 1] = lo
+                    ui[n_un, 2] = hi
+                    ui[n_un, 3] = UNAPPORTIONED_LATE
+                    uf[n_un] = part
+                    n_un += 1
+                    continue
+                if cur != _EMPTY and R_st[m, slot] != ST_CLEAN:
+                    # evicted while modified since its last emission: emit now (it can no longer change)
+                    if n_out == oi.shape[0]:
+                        oi = _grow2(oi)
+                        of = _grow2(of)
+                    oi[n_out, 0] = m
+                    oi[n_out, 1] = cur
+                    oi[n_out, 2] = R_q[m, slot]
+                    of[n_out, 0] = R_e[m, slot]
+                    of[n_out, 1] = R_cov[m, slot] / I_ns
+                    n_out += 1
+                R_idx[m, slot] = j
+                R_e[m, slot] = 0.0
+                R_cov[m, slot] = 0
+                R_q[m, slot] = 0
+                R_st[m, slot] = ST_CLEAN
+            R_e[m, slot] += part
+            R_cov[m, slot] += hi - lo
+            R_q[m, slot] |= qj
+            if R_st[m, slot] == ST_CLEAN:
+                if b <= wm:
+                    if n_ready == ready.shape[0]:
+                        ready = _grow2(ready)
+                    ready[n_ready, 0] = m
+                    ready[n_ready, 1] = j
+                    n_ready += 1
+                    R_st[m, slot] = ST_READY
+                else:
+                    if n_pend == pend.shape[0]:
+                        pend = _grow2(pend)
+                    pend[n_pend, 0] = m
+                    pend[n_pend, 1] = j
+                    n_pend += 1
+                    R_st[m, slot] = ST_PENDING
+    G[G_MAX_TS] = max_ts
+    G[G_NPEND] = n_pend
+    G[G_NREADY] = n_ready
+    return pend, ready, oi, of, ui, uf, n_out, n_un
+
+
+@numba.njit(cache=True)
+def _emit_kernel(I_ns, late_ns, flush, R_idx, R_e, R_cov, R_q, R_st, G, pend, ready, oi, of, n_out):
+    """Emit the ready intervals and, when the watermark crossed an interval end, the pending ones
+    it closed (all of them when ``flush``)."""  # pragma: no cover - compiled
+    K = R_idx.shape[1]
+    max_ts = G[G_MAX_TS]
+    wm = max_ts - late_ns
+    wm_idx = wm // I_ns  # intervals with index < wm_idx end at or before wm
+    n_pend = G[G_NPEND]
+    n_ready = G[G_NREADY]
+    if max_ts != _EMPTY and (flush or wm_idx > G[G_SCANNED]):
+        keep = 0
+        for e in range(n_pend):
+            m = pend[e, 0]
+            j = pend[e, 1]
+            slot = j % K
+            if R_idx[m, slot] != j or R_st[m, slot] != ST_PENDING:
+                continue  # stale: evicted and emitted, or already moved on
+            if flush or (j + 1) * I_ns <= wm:
+                if n_ready == ready.shape[0]:
+                    ready = _grow2(ready)
+                ready[n_ready, 0] = m
+                ready[n_ready, 1] = j
+                n_ready += 1
+                R_st[m, slot] = ST_READY
+            else:
+                pend[keep, 0] = m
+                pend[keep, 1] = j
+                keep += 1
+        n_pend = keep
+        G[G_SCANNED] = wm_idx
+    for e in range(n_ready):
+        m = ready[e, 0]
+        j = ready[e, 1]
+        slot = j % K
+        if R_idx[m, slot] != j or R_st[m, slot] != ST_READY:
+            continue
+        if n_out == oi.shape[0]:
+            oi = _grow2(oi)
+            of = _grow2(of)
+        oi[n_out, 0] = m
+        oi[n_out, 1] = j
+        oi[n_out, 2] = R_q[m, slot]
+        of[n_out, 0] = R_e[m, slot]
+        of[n_out, 1] = R_cov[m, slot] / I_ns
+        n_out += 1
+        R_st[m, slot] = ST_CLEAN
+    G[G_NPEND] = n_pend
+    G[G_NREADY] = 0
+    return pend, ready, oi, of, n_out
+
+
+def _rows(state: IntervalState, n_out: int) -> IntervalRows:
+    oi, of = state.oi[:n_out], state.of[:n_out]
+    return IntervalRows(
+        oi[:, 0].astype(np.int32), oi[:, 1] * state.interval_ns, of[:, 0].copy(),
+        oi[:, 2].astype(np.uint8), of[:, 1].astype(np.float32),
+    )
+
+
+def _unapportioned(state: IntervalState, n_un: int) -> Unapportioned:
+    ui = state.ui[:n_un]
+    return Unapportioned(
+        ui[:, 0].astype(np.int32), ui[:, 1].copy(), ui[:, 2].copy(), state.uf[:n_un].copy(),
+        ui[:, 3].astype(np.uint8),
+    )
+
+
+def accumulate_intervals(
+    series: np.ndarray,
+    ts_ns: np.ndarray,
+    vee: VeeResult,
+    series_meter: np.ndarray,
+    state: IntervalState,
+    now_ts_ns: int | None = None,
+) -> tuple[IntervalRows, Unapportioned]:
+    """Spread the VEE deltas of one batch over intervals; return the intervals closed (or changed
+    after closing) by this batch, and the energy that could not be placed.
+
+    ``series_meter``: int32 per series id, the dense meter index, -1 for series that are not
+    interval meters (they are skipped). ``now_ts_ns`` optionally advances the watermark with the
+    latest timestamp of the whole poll (other series), so quiet meters' intervals still close.
+    """
+    n = len(series)
+    meters = np.ascontiguousarray(series_meter, dtype=np.int32)
+    s = np.ascontiguousarray(series, dtype=np.int32)
+    if n:
+        smin, smax = int(s.min()), int(s.max())
+        if smin < 0 or smax >= len(meters):
+            raise ValueError(f"series ids must lie in [0, {len(meters)})")
+    if len(meters):
+        state.ensure_capacity(int(meters.max()) + 1)
+    hint = np.int64(_EMPTY if now_ts_ns is None else now_ts_ns)
+    pend, ready, oi, of, ui, uf, n_out, n_un = _interval_kernel(
+        meters, s, np.ascontiguousarray(ts_ns, dtype=np.int64), vee.prev_ts, vee.delta, vee.quality,
+        vee.event, np.int64(state.interval_ns), np.int64(state.lateness_ns), hint,
+        state.r_idx, state.r_e, state.r_cov, state.r_q, state.r_st, state.g, state.pend, state.ready,
+        state.oi, state.of, state.ui, state.uf,
+    )
+    state.pend, state.ready, state.oi, state.of, state.ui, state.uf = pend, ready, oi, of, ui, uf
+    unap = _unapportioned(state, n_un)
+    n_out = _emit_pending(state, False, n_out)
+    return _rows(state, n_out), unap
+
+
+def _emit_pending(state: IntervalState, flush: bool, n_out: int) -> int:
+    pend, ready, oi, of, n_out = _emit_kernel(
+        np.int64(state.interval_ns), np.int64(state.lateness_ns), flush, state.r_idx, state.r_e,
+        state.r_cov, state.r_q, state.r_st, state.g, state.pend, state.ready, state.oi, state.of,
+        np.int64(n_out),
+    )
+    state.pend, state.ready, state.oi, state.of = pend, ready, oi, of
+    return int(n_out)
+
+
+def flush_intervals(state: IntervalState) -> IntervalRows:
+    """Emit every interval modified since its last emission, closed or not (shutdown, tests)."""
+    return _rows(state, _emit_pending(state, True, 0))
+
+
+def latest_rows(rows: IntervalRows) -> IntervalRows:
+    """Keep the last emission of each (meter, start): what a store that overwrites would hold."""
+    if len(rows) == 0:
+        return rows
+    key_order = np.lexsort((np.arange(len(rows)), rows.start_ns, rows.meter))
+    m, st = rows.meter[key_order], rows.start_ns[key_order]
+    last = np.ones(len(rows), dtype=bool)
+    last[:-1] = (m[1:] != m[:-1]) | (st[1:] != st[:-1])
+    sel = key_order[last]
+    return IntervalRows(rows.meter[sel], rows.start_ns[sel], rows.energy_kwh[sel], rows.quality[sel],
+                        rows.coverage[sel])
+
+
+def concat_rows(parts: list[IntervalRows]) -> IntervalRows:
+    """Concatenate emissions from several calls, keeping emission order."""
+    if not parts:
+        return IntervalRows(np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.float64),
+                            np.empty(0, np.uint8), np.empty(0, np.float32))
+    return IntervalRows(*(np.concatenate([getattr(p, f) for p in parts])
+                          for f in ("meter", "start_ns", "energy_kwh", "quality", "coverage")))

@@ -1,0 +1,325 @@
+"""Meter-data VEE (validation, estimation, editing) for cumulative counters, streaming and causal.
+
+Turns raw register readings into corrected consumption deltas, one per reading, with quality flags
+and an event bit set saying what was found. Rules (see docs/core.md and the utilities' VEE practice
+in shared/reference/carbon-factors.md, part B):
+
+* Nothing is invented silently. A reading whose consumption cannot be known gets ``delta = NaN``;
+  a corrected delta carries ``QUALITY_EDITED``; a delta that rests on an assumption carries
+  ``QUALITY_ESTIMATED`` as well; a reading held back as doubtful carries ``QUALITY_SUSPECT``.
+* Negative consumption is never emitted.
+* **Rollover**: the previous reading is within ``rollover_window`` of the register's modulus (e.g.
+  100000 for a 99999.99 kWh register, or 2**32 x scale) and the new one within the window above
+  zero: ``delta = modulus - previous + current`` (EDITED), if that rate is physically possible.
+* **Meter replacement**: the counter restarts near zero (at most ``replacement_max_start``). Held
+  back until the next reading confirms it (a single zero is the classic failed-read glitch); when
+  confirmed, the new meter's consumption since its start reading of 0 is ``delta = current``
+  (EDITED | ESTIMATED: the start reading is assumed); what the old meter counted after its last
+  reading is unknown and stays unknown.
+* **Reset / jump**: any other backwards step, or a forward step faster than ``max_power`` allows
+  (``SPIKE``). Held back (delta NaN, SUSPECT). If the next reading agrees with the last good one,
+  the held reading was a glitch and is dropped; if it agrees with the held one, the counter was
+  re-based: consumption continues from the held reading (EDITED) and the jump itself is not
+  counted.
+* Backwards steps up to ``backward_tolerance`` are register jitter: delta 0 (EDITED), the counter
+  is held at its maximum so nothing is counted twice.
+* **Gap**: more than ``max_gap_s`` since the previous reading: the delta is real but its timing is
+  unknown, so the interval stage does not spread it (event ``EV_GAP``).
+* Out-of-range values (below ``min_value`` or at/above the modulus), NaN, duplicates and readings
+  older than the last accepted one do not advance the counter. A cumulative counter's later reading
+  already contains whatever an out-of-order one would have added, so dropping it loses no energy.
+
+Gauges (non-counter series) only get the range check (``min_value``/``max_value``).
+"""
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass, fields
+from typing import Sequence
+
+import numba
+import numpy as np
+
+from pipelines.batch import (
+    QUALITY_EDITED,
+    QUALITY_ESTIMATED,
+    QUALITY_OUT_OF_RANGE,
+    QUALITY_SUSPECT,
+    ReadingBatch,
+)
+
+# Event bits (uint16): what VEE found at a reading. Several can be set on one reading.
+EV_FIRST = 1 << 0  # first reading of the series: the baseline, no delta yet
+EV_MISSING = 1 << 1  # NaN / infinite value
+EV_OUT_OF_RANGE = 1 << 2  # below min_value or above the register's range
+EV_OUT_OF_ORDER = 1 << 3  # timestamp not after the last accepted reading (duplicates included)
+EV_ROLLOVER = 1 << 4  # register wrapped at its modulus; delta corrected
+EV_REPLACEMENT = 1 << 5  # meter replaced: counter restarted near zero (confirmed)
+EV_RESET = 1 << 6  # counter re-based to a new value (confirmed jump or reset)
+EV_HELD = 1 << 7  # implausible reading held back until the next one decides
+EV_GLITCH = 1 << 8  # the held reading was a one-off glitch and was dropped
+EV_GAP = 1 << 9  # more than max_gap since the previous reading: the delta is not spread in time
+EV_BACKWARD = 1 << 10  # small backwards step within tolerance: treated as no consumption
+
+EVENT_NAMES = {
+    EV_FIRST: "first",
+    EV_MISSING: "missing",
+    EV_OUT_OF_RANGE: "out_of_range",
+    EV_OUT_OF_ORDER: "out_of_order",
+    EV_ROLLOVER: "rollover",
+    EV_REPLACEMENT: "replacement",
+    EV_RESET: "reset",
+    EV_HELD: "held",
+    EV_GLITCH: "glitch",
+    EV_GAP: "gap",
+    EV_BACKWARD: "backward",
+}
+
+NO_TS = np.iinfo(np.int64).min  # prev_ts of a reading without a delta
+
+HOUR_NS = 3_600 * 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class VeeParams:
+    """VEE settings for one kind of meter (register model); packed into a float64 table row."""
+
+    rollover_modulus: float = 100_000.0  # register wraps to 0 here (99999.99 kWh display); inf: never
+    rollover_window: float = 0.1  # fraction of the modulus near the top / bottom that counts as a wrap
+    max_power: float = 500.0  # max consumption per hour (kW for a kWh counter); inf: no check
+    resolution: float = 0.01  # register step; one step is always plausible, whatever the interval
+    replacement_max_start: float = 10.0  # a new meter starts below this
+    backward_tolerance: float = 0.0  # backwards steps up to this are jitter
+    max_gap_s: float = 7_200.0  # longer gaps are not interpolated (2 h, the California VEE limit)
+    min_value: float = 0.0  # gauges and counters: below is out of range
+    max_value: float = float("inf")  # gauges: above is out of range (counters use the modulus)
+
+
+VEE_PARAM_NAMES: tuple[str, ...] = tuple(f.name for f in fields(VeeParams))
+(
+    V_MODULUS,
+    V_WINDOW,
+    V_MAX_POWER,
+    V_RESOLUTION,
+    V_REPL_MAX,
+    V_BACK_TOL,
+    V_MAX_GAP_S,
+    V_MIN,
+    V_MAX,
+) = range(len(VEE_PARAM_NAMES))
+
+
+def pack_vee_params(params: Sequence[VeeParams]) -> np.ndarray:
+    """One VeeParams per meter kind into the (n_kinds, n_fields) float64 table the kernel reads."""
+    if not params:
+        raise ValueError("at least one VeeParams is needed")
+    table = np.empty((len(params), len(VEE_PARAM_NAMES)), dtype=np.float64)
+    for k, p in enumerate(params):
+        if not isinstance(p, VeeParams):
+            raise TypeError(f"params[{k}] is {type(p).__name__}, expected VeeParams")
+        if not p.rollover_modulus > 0 or not 0 <= p.rollover_window < 0.5 or p.max_gap_s <= 0:
+            raise ValueError(f"params[{k}]: modulus > 0, 0 <= window < 0.5 and max_gap_s > 0 required")
+        table[k] = np.array([float(v) for v in astuple(p)], dtype=np.float64)
+    return table
+
+
+# Per-series state.
+VF_LAST, VF_PENDING = 0, 1
+NVF = 2
+VI_LAST_TS, VI_PENDING_TS, VI_HAS_LAST, VI_PENDING_KIND = 0, 1, 2, 3
+NVI = 4
+PENDING_NONE, PENDING_JUMP, PENDING_REPLACEMENT = 0, 1, 2
+
+
+class VeeState:
+    """Last accepted reading and any held-back reading per series id; grows by doubling."""
+
+    __slots__ = ("cap", "f", "i")
+
+    def __init__(self, n_series: int = 64):
+        self.cap = 0
+        self.f = np.zeros((0, NVF), dtype=np.float64)
+        self.i = np.zeros((0, NVI), dtype=np.int64)
+        self.ensure_capacity(max(int(n_series), 1))
+
+    def ensure_capacity(self, n_series: int) -> None:
+        if n_series <= self.cap:
+            return
+        cap = max(self.cap, 16)
+        while cap < n_series:
+            cap *= 2
+        f = np.zeros((cap, NVF), dtype=np.float64)
+        f[: self.cap] = self.f
+        i = np.zeros((cap, NVI), dtype=np.int64)
+        i[: self.cap] = self.i
+        self.f, self.i, self.cap = f, i, cap
+
+
+@dataclass(slots=True)
+class VeeResult:
+    """Per reading: corrected delta (NaN: none), start of the span it covers, flags, event bits."""
+
+    delta: np.ndarray  # float64, consumption between prev_ts and ts; NaN when none
+    prev_ts: np.ndarray  # int64, start of the delta's span; NO_TS when no delta
+    quality: np.ndarray  # uint8, input quality plus VEE findings
+    event: np.ndarray  # uint16, EV_* bits
+
+
+@numba.njit(cache=True, inline="always")
+def _plausible(d, dt_ns, max_power, resolution):  # pragma: no cover - compiled
+    """A forward step ``d`` over ``dt_ns`` that a meter of this kind can really have made."""
+    return d >= 0.0 and d <= max_power * (dt_ns / HOUR_NS) + resolution
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _vee_kernel(series, ts, value, quality, kind_of, is_counter, P, F, I,
+                out_delta, out_prev, out_q, out_ev):  # pragma: no cover - compiled
+    n_kinds = P.shape[0]
+    for idx in range(series.shape[0]):
+        s = series[idx]
+        t = ts[idx]
+        x = value[idx]
+        q = quality[idx]
+        out_delta[idx] = np.nan
+        out_prev[idx] = NO_TS
+        k = kind_of[s]
+        if k < 0 or k >= n_kinds:
+            return idx
+        if not np.isfinite(x):
+            out_q[idx] = q | QUALITY_SUSPECT
+            out_ev[idx] = EV_MISSING
+            continue
+        if not is_counter[s]:
+            if x < P[k, V_MIN] or x > P[k, V_MAX]:
+                out_q[idx] = q | QUALITY_OUT_OF_RANGE
+                out_ev[idx] = EV_OUT_OF_RANGE
+            else:
+                out_q[idx] = q
+                out_ev[idx] = 0
+            continue
+        modulus = P[k, V_MODULUS]
+        if x < P[k, V_MIN] or x >= modulus:
+            out_q[idx] = q | QUALITY_OUT_OF_RANGE
+            out_ev[idx] = EV_OUT_OF_RANGE
+            continue
+        if I[s, VI_HAS_LAST] == 0:
+            I[s, VI_HAS_LAST] = 1
+            I[s, VI_LAST_TS] = t
+            F[s, VF_LAST] = x
+            out_q[idx] = q
+            out_ev[idx] = EV_FIRST
+            continue
+        last = F[s, VF_LAST]
+        last_ts = I[s, VI_LAST_TS]
+        if t <= last_ts:
+            out_ev[idx] = EV_OUT_OF_ORDER
+            out_q[idx] = q if (t == last_ts and x == last) else (q | QUALITY_SUSPECT)
+            continue
+        max_power = P[k, V_MAX_POWER]
+        res = P[k, V_RESOLUTION]
+        pend_kind = I[s, VI_PENDING_KIND]
+        # 1. does this reading follow on from the last accepted one?
+        d = x - last
+        ok = False
+        keep_last = False
+        ev = EV_GLITCH if pend_kind != PENDING_NONE else 0
+        delta = np.nan
+        prev = last_ts
+        if d >= 0.0:
+            ok = _plausible(d, t - last_ts, max_power, res)
+            delta = d
+        elif -d <= P[k, V_BACK_TOL]:
+            ok = True  # jitter: no consumption, the register is held at its maximum
+            keep_last = True
+            delta = 0.0
+            ev |= EV_BACKWARD
+            q |= QUALITY_EDITED
+        else:
+            w = P[k, V_WINDOW] * modulus
+            if last >= modulus - w and x <= w:
+                delta = modulus - last + x
+                ok = _plausible(delta, t - last_ts, max_power, res)
+                if ok:
+                    ev |= EV_ROLLOVER
+                    q |= QUALITY_EDITED
+        if not ok:
+            # 2. does it confirm a held reading?
+            p_ts = I[s, VI_PENDING_TS]
+            p_val = F[s, VF_PENDING]
+            if pend_kind != PENDING_NONE and t > p_ts and _plausible(x - p_val, t - p_ts, max_power, res):
+                ok = True
+                if pend_kind == PENDING_REPLACEMENT:
+                    delta = x  # the new meter counted from its assumed start reading 0
+                    ev = EV_REPLACEMENT
+                    q |= QUALITY_EDITED | QUALITY_ESTIMATED
+                else:
+                    delta = x - p_val  # re-based: the jump itself is not consumption
+                    prev = p_ts
+                    ev = EV_RESET
+                    q |= QUALITY_EDITED
+            else:
+                # 3. hold it back until the next reading decides
+                F[s, VF_PENDING] = x
+                I[s, VI_PENDING_TS] = t
+                I[s, VI_PENDING_KIND] = (
+                    PENDING_REPLACEMENT if (d < 0.0 and x <= P[k, V_REPL_MAX]) else PENDING_JUMP
+                )
+                out_q[idx] = q | QUALITY_SUSPECT
+                out_ev[idx] = EV_HELD
+                continue
+        if t - prev > P[k, V_MAX_GAP_S] * 1e9:
+            ev |= EV_GAP
+        if not keep_last:
+            F[s, VF_LAST] = x
+        I[s, VI_LAST_TS] = t
+        I[s, VI_PENDING_KIND] = PENDING_NONE
+        out_delta[idx] = delta
+        out_prev[idx] = prev
+        out_q[idx] = q
+        out_ev[idx] = ev
+    return -1
+
+
+def validate_batch(
+    batch: ReadingBatch,
+    state: VeeState,
+    params_table: np.ndarray | Sequence[VeeParams],
+    series_kind: np.ndarray,
+    series_is_counter: np.ndarray,
+) -> VeeResult:
+    """Validate every reading of ``batch`` in arrival order, updating ``state`` in place.
+
+    ``series_kind``: int32 row of ``params_table`` per series id; ``series_is_counter``: bool per
+    series id. The sum of the finite deltas of a counter is its consumption, rollover-corrected.
+    """
+    n = len(batch)
+    res = VeeResult(
+        np.empty(n, np.float64), np.empty(n, np.int64), np.empty(n, np.uint8), np.empty(n, np.uint16)
+    )
+    if n == 0:
+        return res
+    table = params_table if isinstance(params_table, np.ndarray) else pack_vee_params(params_table)
+    table = np.ascontiguousarray(table, dtype=np.float64)
+    kinds = np.ascontiguousarray(series_kind, dtype=np.int32)
+    counters = np.ascontiguousarray(series_is_counter, dtype=np.bool_)
+    series = np.ascontiguousarray(batch.series, dtype=np.int32)
+    smin, smax = int(series.min()), int(series.max())
+    if smin < 0:
+        raise ValueError(f"negative series id {smin}")
+    if len(kinds) <= smax or len(counters) <= smax:
+        raise ValueError(f"per-series arrays are shorter than series id {smax} + 1")
+    state.ensure_capacity(smax + 1)
+    bad = _vee_kernel(
+        series, np.ascontiguousarray(batch.ts_ns, dtype=np.int64),
+        np.ascontiguousarray(batch.value, dtype=np.float64),
+        np.ascontiguousarray(batch.quality, dtype=np.uint8), kinds, counters, table, state.f, state.i,
+        res.delta, res.prev_ts, res.quality, res.event,
+    )
+    if bad >= 0:
+        sid = int(series[bad])
+        raise ValueError(f"series {sid} has kind {int(kinds[sid])}, table has {len(table)} kinds")
+    return res
+
+
+def describe_events(ev: int) -> list[str]:
+    """Names of the EV_* bits set in ``ev`` (for logs and the status page)."""
+    return [name for bit, name in EVENT_NAMES.items() if ev & bit]
