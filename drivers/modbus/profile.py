@@ -136,6 +136,7 @@ def parse_profile(data: dict, path: str) -> DeviceProfile:
             raise _fail(path, where, f"address {address!r} must be an integer")
         function = raw.get("function", data.get("function"))
         if addressing == "modicon":
+            function = raw.get("function")  # the number's leading digit names it; a profile default does not
             prefix, number = divmod(address, 10000) if address < 100000 else divmod(address, 100000)
             implied = MODICON_PREFIX.get(prefix)
             if implied is None or number < 1:

@@ -75,11 +75,11 @@ class LineProtocolEncoder:
             series, ts, value, lines = series[keep], ts[keep], value[keep], lines[keep]
             n = len(series)
         is_int = self._is_int[series]
-        vstr = np.where(
-            is_int,
-            np.strings.add(np.round(value).astype(np.int64).astype("S"), b"i"),
-            value.astype("S32"),  # numpy's float -> str is the shortest round-tripping repr
-        )
+        vstr = value.astype("S32")  # numpy's float -> str is the shortest round-tripping repr
+        if is_int.any():
+            ints = np.round(value[is_int]).astype(np.int64).astype("S")
+            vstr = vstr.astype(f"S{max(vstr.dtype.itemsize, ints.dtype.itemsize + 1)}")
+            vstr[is_int] = np.strings.add(ints, b"i")
         start = np.ones(n, dtype=bool)
         start[1:] = (lines[1:] != lines[:-1]) | (ts[1:] != ts[:-1])
         end = np.ones(n, dtype=bool)
