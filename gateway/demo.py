@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 from importlib import resources
@@ -76,8 +77,15 @@ def run_demo(args: argparse.Namespace) -> int:
             started.append(start_mosquitto(workdir / "mosquitto", port=scenario.mqtt.port, host=scenario.mqtt.host))
             print(f"started a private mosquitto at {scenario.mqtt.host}:{scenario.mqtt.port}")
         config = workdir / "gateway.toml"
-        config.write_text(tomli_w.dumps(gateway_config(scenario, influx_url, DATABASE, str(workdir / "data"),
-                                                       status_interval_s=10.0)))
+        if args.scenario is None:
+            # the shipped example configuration, pointed at this InfluxDB and this work directory
+            cfg = tomllib.loads((resources.files("gateway.examples") / "demo-community.toml").read_text())
+            for sink in cfg["sinks"]:
+                sink["url"] = influx_url
+        else:
+            cfg = gateway_config(scenario, influx_url, DATABASE, str(workdir / "data"), status_interval_s=10.0)
+        cfg["gateway"]["data_dir"] = str(workdir / "data")
+        config.write_text(tomli_w.dumps(cfg))
         gw_log = open(workdir / "gateway.log", "ab")
         gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "-c", str(config)],
                               stdout=gw_log, stderr=gw_log)

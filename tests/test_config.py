@@ -108,3 +108,15 @@ def test_shipped_example_config_is_valid():
     r = run_cli("check-config", str(REPO / "gateway/examples/demo-community.toml"))
     assert r.returncode == 0, r.stderr
     assert "13 device(s)" in r.stdout
+
+
+def test_example_config_is_what_the_demo_scenario_emits(tmp_path):
+    """The example the demo runs and the simulated community it reads cannot drift apart."""
+    import tomllib
+
+    out = tmp_path / "emitted.toml"
+    r = run_cli("sim", "--scenario", str(REPO / "firmware-sim/scenarios/demo.toml"), "--emit-config", str(out),
+                "--data-dir", ".demo/data")
+    assert r.returncode == 0, r.stderr
+    shipped = tomllib.loads((REPO / "gateway/examples/demo-community.toml").read_text())
+    assert tomllib.loads(out.read_text()) == shipped
