@@ -38,11 +38,18 @@ def _summary(cfg: GatewayConfig) -> str:
     return "\n".join(lines)
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
+def _load_or_report(path: Path) -> GatewayConfig | None:
+    """The configuration, or None after printing every problem with its path."""
     try:
-        cfg = load_config(args.file)
+        return load_config(path)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load_or_report(args.file)
+    if cfg is None:
         return 1
     print(_summary(cfg))
     return 0
@@ -52,10 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from gateway.logs import setup_logging
     from gateway.runtime import Gateway
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
+    cfg = _load_or_report(args.config)
+    if cfg is None:
         return 1
     setup_logging(args.log_level or cfg.gateway.log_level)
     faulthandler.enable()  # a hung or crashed gateway leaves every thread's stack in its log
@@ -103,10 +108,8 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
     from gateway.sinks.outbox import Outbox
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(str(e), file=sys.stderr)
+    cfg = _load_or_report(args.config)
+    if cfg is None:
         return 1
     data_dir = Path(args.data_dir or cfg.gateway.data_dir)
     for s in cfg.sinks:
