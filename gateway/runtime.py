@@ -171,13 +171,11 @@ class Gateway:
         log_event(log, logging.INFO, "started", "", site=self.site, modbus_devices=len(self.pollers),
                   subscriptions=len(self._decoder_for), sinks=",".join(s.name for s in self.sinks))
         try:
-            if duration_s:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=duration_s)
-                except asyncio.TimeoutError:
-                    pass
-            else:
-                await stop.wait()
+            stopped = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({stopped}, timeout=duration_s or None)
+            finally:
+                stopped.cancel()
         finally:
             await self.shutdown(tasks)
 

@@ -119,7 +119,6 @@ class OutboxSink:
         self._pending_since = 0.0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._stopping = False
 
     def add(self, line_protocol: bytes, points: int, ack: AckGroup | None = None) -> None:
         if points:
@@ -161,10 +160,13 @@ class OutboxSink:
             sent = await self.send_some()
             if sent is None:  # nothing queued
                 self._wake.clear()
+                # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+                # races with the event being set, and close() would then wait for this task forever
+                waiter = asyncio.ensure_future(self._wake.wait())
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    pass
+                    await asyncio.wait({waiter}, timeout=1.0)
+                finally:
+                    waiter.cancel()
                 continue
             if sent:
                 backoff = BACKOFF_MIN_S
@@ -226,7 +228,8 @@ class OutboxSink:
         self.commit()
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
         deadline = time.monotonic() + drain_timeout_s
         while time.monotonic() < deadline:
             sent = await self.send_some()
