@@ -90,12 +90,12 @@ class DetectorParams:
     level_z_hi: float = 8.0  # ... and reaches 1 here
     clip: float = 6.0  # robust updates: residuals beyond clip*scale are outliers
     floor_abs: float = 1e-9  # scale never below this (units of the value)
-    floor_rel: float = 0.01  # nor below this fraction of |baseline|: quiet signals stay quiet
+    floor_rel: float = 0.001  # nor below this fraction of |baseline|: quiet signals stay quiet
     seasonal: bool = True  # keep a time-of-day x weekday/weekend baseline
     seasonal_alpha: float = 0.05  # EWMA weight per observation within a slot
-    seasonal_min_count: int = 4  # observations in a slot before it scores
-    seasonal_z_lo: float = 4.0
-    seasonal_z_hi: float = 8.0
+    seasonal_min_count: int = 6  # observations in a slot before it scores
+    seasonal_z_lo: float = 5.0  # wider than level: slot scales rest on few observations
+    seasonal_z_hi: float = 10.0
     flat_samples: int = 0  # unchanged for this many readings -> flatline (0: off)
     flat_seconds: float = 3600.0  # unchanged for this long -> flatline (0: off)
     flat_eps: float = 0.0  # "unchanged" tolerance; 0 = exactly equal (a stuck register)
@@ -165,9 +165,9 @@ def pack_params(params: Sequence[DetectorParams]) -> np.ndarray:
 # Row layout of the per-series state (one cache line each).
 F_MEAN, F_DEV, F_LAST_X, F_LAST_V, F_PREV_V, F_STEP_DEV = range(6)
 NF = 8
-I_NV, I_NRAW, I_LAST_TS, I_RUN, I_RUN_START, I_LAST_SPIKE = range(6)
+I_NV, I_NRAW, I_LAST_TS, I_RUN, I_RUN_START, I_LAST_SPIKE, I_OUTLIERS, I_STEP_OUTLIERS = range(8)
 NI = 8
-S_MEAN, S_DEV, S_COUNT = range(3)
+S_MEAN, S_DEV, S_COUNT, S_OUTLIERS = range(4)
 NS = 4
 
 
@@ -216,14 +216,63 @@ class DetectorState:
             self.seasonal[:, series_id] = 0.0
 
 
-@numba.njit(cache=True, inline="always")
-def _ramp(z: float, lo: float, hi: float) -> float:
-    """Map a statistic onto [0, 1]: 0 up to ``lo``, 1 from ``hi``, linear between."""
-    if z <= lo:
-        return 0.0
-    if z >= hi:
-        return 1.0
-    return (z - lo) / (hi - lo)
+# After this many outliers in a row the scale is allowed to grow again: a real change of regime
+# (or a scale that was under-estimated during warm-up) must not freeze the detector for good.
+OUTLIER_RUN_ADAPT = 3
+# The scale is widened by (1 + SMALL_SAMPLE / residuals seen): x2 after 4 residuals, x1.1 after 40,
+# and not at all from WIDEN_UNTIL residuals on (the factor is below 1.004 there anyway).
+SMALL_SAMPLE = 4.0
+WIDEN_UNTIL = 1024
+# No clipping before this many residuals: one residual can be arbitrarily small by chance, and a
+# clip against that would reject every normal value that follows.
+CLIP_AFTER = 8
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _robust_ewma(v, m, dev, n, outl, alpha, clip, floor_abs, floor_rel, z_lo, z_hi):  # pragma: no cover
+    """One robust EWMA step of mean ``m`` and absolute deviation ``dev`` (``n`` values so far).
+
+    Returns (m, dev, outliers in a row, score of ``v`` against the state before it). The score
+    ramps from 0 at ``z_lo`` to 1 at ``z_hi`` (0 while the scale is undefined); it is computed
+    without a division unless ``v`` is past ``z_lo``, which keeps the common path cheap.
+
+    The first values are averaged with weight 1/n instead of ``alpha`` so a short warm-up gives an
+    unbiased scale (an EWMA started from one sample would keep that sample's luck for ~1/alpha
+    values), and a scale from few residuals is widened as Student's t does, for the score and the
+    outlier limit alike, so an unlucky early estimate cannot lock itself in. From CLIP_AFTER
+    residuals on, residuals beyond ``clip`` scale units move the mean by a bounded step and do not
+    feed the scale, unless they keep coming (OUTLIER_RUN_ADAPT in a row).
+    """
+    if n == 0:
+        return v, 0.0, 0, 0.0
+    r = v - m
+    ar = abs(r)
+    a = alpha
+    if n * alpha < 1.0:
+        a = 1.0 / (n + 1)
+    if n == 1:
+        return m + a * r, ar, 0, 0.0
+    a_dev = alpha
+    if (n - 1) * alpha < 1.0:
+        a_dev = 1.0 / n
+    scale = max(MAD_TO_SIGMA * dev, floor_abs, floor_rel * abs(m))
+    if n <= WIDEN_UNTIL:
+        scale *= 1.0 + SMALL_SAMPLE / (n - 1)
+    score = 0.0
+    if ar > z_lo * scale:
+        if ar >= z_hi * scale:
+            score = 1.0
+        else:
+            score = (ar / scale - z_lo) / (z_hi - z_lo)
+    lim = clip * scale
+    if ar <= lim or n <= CLIP_AFTER:
+        return m + a * r, dev + a_dev * (ar - dev), 0, score
+    outl += 1
+    if outl >= OUTLIER_RUN_ADAPT:
+        dev += a_dev * (lim - dev)
+    if r > 0.0:
+        return m + a * lim, dev, outl, score
+    return m - a * lim, dev, outl, score
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -301,50 +350,32 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, off_ns, sl
             nv = I[s, I_NV]
             scored = warm and nv >= P[k, P_WARMUP]
             # ---- level: robust EWMA of value and absolute deviation
-            m = F[s, F_MEAN]
-            if nv == 0:
-                m = v
-                dev = 0.0
-            else:
-                dev = F[s, F_DEV]
-                a = P[k, P_LEVEL_ALPHA]
-                r = v - m
-                ar = abs(r)
-                if nv >= 2:
-                    scale = max(MAD_TO_SIGMA * dev, floor_abs, floor_rel * abs(m))
-                    if scored:
-                        s_lvl = _ramp(ar / scale, P[k, P_LEVEL_Z_LO], P[k, P_LEVEL_Z_HI])
-                    if ar <= clip * scale:
-                        dev += a * (ar - dev)
-                        m += a * r
-                    elif r > 0.0:
-                        m += a * clip * scale
-                    else:
-                        m -= a * clip * scale
-                else:
-                    dev = ar
-                    m += a * r
+            m, dev, outl, sc = _robust_ewma(v, F[s, F_MEAN], F[s, F_DEV], nv, I[s, I_OUTLIERS],
+                                            P[k, P_LEVEL_ALPHA], clip, floor_abs, floor_rel,
+                                            P[k, P_LEVEL_Z_LO], P[k, P_LEVEL_Z_HI])
+            if scored:
+                s_lvl = sc
             F[s, F_MEAN] = m
             F[s, F_DEV] = dev
+            I[s, I_OUTLIERS] = outl
 
-            # ---- spike / rate of change
+            # ---- spike / rate of change: step size against a robust scale of step sizes
             last_spike = 0
             if nv >= 1:
                 last_v = F[s, F_LAST_V]
                 step = abs(v - last_v)
                 if I[s, I_LAST_SPIKE] != 0:
                     step = min(step, abs(v - F[s, F_PREV_V]))
-                if nv >= 2:
-                    sdev = F[s, F_STEP_DEV]
-                    scale = max(MAD_TO_SIGMA * sdev, floor_abs, floor_rel * abs(m))
-                    if scored:
-                        s_spk = _ramp(step / scale, P[k, P_SPIKE_Z_LO], P[k, P_SPIKE_Z_HI])
-                    if step <= clip * scale:
-                        F[s, F_STEP_DEV] = sdev + P[k, P_SPIKE_ALPHA] * (step - sdev)
-                else:
-                    F[s, F_STEP_DEV] = step
-                if scored and dt > 0 and abs(v - last_v) * 1e9 > P[k, P_MAX_RATE] * dt:
-                    s_spk = 1.0
+                # steps are treated as deviations around 0: mean pinned at 0, count = nv - 1
+                _, sdev, souts, sc = _robust_ewma(step, 0.0, F[s, F_STEP_DEV], nv, I[s, I_STEP_OUTLIERS],
+                                                  P[k, P_SPIKE_ALPHA], clip, max(floor_abs, floor_rel * abs(m)),
+                                                  0.0, P[k, P_SPIKE_Z_LO], P[k, P_SPIKE_Z_HI])
+                F[s, F_STEP_DEV] = sdev
+                I[s, I_STEP_OUTLIERS] = souts
+                if scored:
+                    s_spk = sc
+                    if dt > 0 and abs(v - last_v) * 1e9 > P[k, P_MAX_RATE] * dt:
+                        s_spk = 1.0
                 if s_spk >= 0.5:
                     last_spike = 1
                 F[s, F_PREV_V] = last_v
@@ -362,31 +393,16 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, off_ns, sl
                     c_lo = day * DAY_NS + sl * slot_ns - off_ns
                     c_hi = c_lo + slot_ns
                 cnt = S[c_slot, s, S_COUNT]
-                if cnt == 0.0:
-                    ms = v
-                    ds = 0.0
-                else:
-                    ms = np.float64(S[c_slot, s, S_MEAN])
-                    ds = np.float64(S[c_slot, s, S_DEV])
-                    a = P[k, P_SEAS_ALPHA]
-                    r = v - ms
-                    ar = abs(r)
-                    if cnt >= 2.0:
-                        scale = max(MAD_TO_SIGMA * ds, floor_abs, floor_rel * abs(ms))
-                        if warm and cnt >= P[k, P_SEAS_MIN]:
-                            s_seas = _ramp(ar / scale, P[k, P_SEAS_Z_LO], P[k, P_SEAS_Z_HI])
-                        if ar <= clip * scale:
-                            ds += a * (ar - ds)
-                            ms += a * r
-                        elif r > 0.0:
-                            ms += a * clip * scale
-                        else:
-                            ms -= a * clip * scale
-                    else:
-                        ds = ar
-                        ms += a * r
+                ms, ds, souts, sc = _robust_ewma(
+                    v, np.float64(S[c_slot, s, S_MEAN]), np.float64(S[c_slot, s, S_DEV]), np.int64(cnt),
+                    np.int64(S[c_slot, s, S_OUTLIERS]), P[k, P_SEAS_ALPHA], clip, floor_abs, floor_rel,
+                    P[k, P_SEAS_Z_LO], P[k, P_SEAS_Z_HI],
+                )
+                if warm and cnt >= P[k, P_SEAS_MIN]:
+                    s_seas = sc
                 S[c_slot, s, S_MEAN] = ms
                 S[c_slot, s, S_DEV] = ds
+                S[c_slot, s, S_OUTLIERS] = min(souts, 255)
                 if cnt < 65535.0:
                     S[c_slot, s, S_COUNT] = cnt + 1.0
             I[s, I_NV] = nv + 1

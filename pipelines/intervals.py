@@ -75,6 +75,16 @@ class Unapportioned:
         return len(self.meter)
 
 
+def _grown(a: np.ndarray, need: int) -> np.ndarray:
+    """A copy of ``a`` with at least ``need`` rows, doubling (amortised O(1) per row)."""
+    n = max(len(a), 16)
+    while n < need:
+        n *= 2
+    b = np.zeros((n,) + a.shape[1:], dtype=a.dtype)
+    b[: len(a)] = a
+    return b
+
+
 class IntervalState:
     """Per-meter rings of open intervals, the emission lists and the watermark."""
 
@@ -125,6 +135,23 @@ class IntervalState:
         self.r_st = grow(self.r_st, 0)
         self.cap = cap
 
+    def _ensure_rows(self, n: int) -> None:
+        if len(self.oi) < n:
+            self.oi = _grown(self.oi, n)
+            self.of = _grown(self.of, n)
+
+    def _grow_buffers(self, n_out: int, n_un: int) -> None:
+        """Room for the worst case of one more reading (called when the kernel stopped for room)."""
+        k = self.k
+        self._ensure_rows(n_out + k)
+        if len(self.ui) < n_un + k + 1:
+            self.ui = _grown(self.ui, n_un + k + 1)
+            self.uf = _grown(self.uf, n_un + k + 1)
+        if len(self.pend) < int(self.g[G_NPEND]) + k:
+            self.pend = _grown(self.pend, int(self.g[G_NPEND]) + k)
+        if len(self.ready) < int(self.g[G_NREADY]) + k:
+            self.ready = _grown(self.ready, int(self.g[G_NREADY]) + k)
+
     @property
     def watermark_ns(self) -> int | None:
         """Latest timestamp seen minus the lateness; intervals ending at or before it are closed."""
@@ -133,31 +160,23 @@ class IntervalState:
 
 
 @numba.njit(cache=True)
-def _grow2(a):  # pragma: no cover - compiled
-    b = np.zeros((a.shape[0] * 2, a.shape[1]), dtype=a.dtype)
-    b[: a.shape[0]] = a
-    return b
-
-
-@numba.njit(cache=True)
-def _grow1(a):  # pragma: no cover - compiled
-    b = np.zeros(a.shape[0] * 2, dtype=a.dtype)
-    b[: a.shape[0]] = a
-    return b
-
-
-@numba.njit(cache=True)
-def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late_ns, hint_ts,
-                     R_idx, R_e, R_cov, R_q, R_st, G, pend, ready, oi, of, ui, uf):  # pragma: no cover
+def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late_ns, hint_ts, first,
+                     R_idx, R_e, R_cov, R_q, R_st, G, pend, ready, oi, of, ui, uf, n_out, n_un):  # pragma: no cover
+    # Never allocates (an allocating kernel costs seconds of extra compile): when the buffers could
+    # not take the worst case of the next reading (K evictions, K list entries, K+1 records), it
+    # returns that reading's index and the wrapper grows the buffers and resumes there.
     K = R_idx.shape[1]
-    n_out = 0
-    n_un = 0
     n_pend = G[G_NPEND]
     n_ready = G[G_NREADY]
     max_ts = G[G_MAX_TS]
     if hint_ts > max_ts:
         max_ts = hint_ts
-    for idx in range(series.shape[0]):
+    stop = -1
+    for idx in range(first, series.shape[0]):
+        if (n_out + K > oi.shape[0] or n_un + K + 1 > ui.shape[0] or n_pend + K > pend.shape[0]
+                or n_ready + K > ready.shape[0]):
+            stop = idx
+            break
         t1 = t1s[idx]
         if t1 > max_ts:
             max_ts = t1
@@ -169,9 +188,6 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
             continue
         t0 = t0s[idx]
         if (evs[idx] & EV_GAP) != 0 or t1 <= t0:
-            if n_un == ui.shape[0]:
-                ui = _grow2(ui)
-                uf = _grow1(uf)
             ui[n_un, 0] = m
             ui[n_un, 1] = t0
             ui[n_un, 2] = t1
@@ -204,9 +220,6 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
             if cur != j:
                 if cur > j:
                     # older than this meter's ring keeps: counted, but cannot be placed
-                    if n_un == ui.shape[0]:
-                        ui = _grow2(ui)
-                        uf = _grow1(uf)
                     ui[n_un, 0] = m
                     ui[n_un, 1] = lo
                     ui[n_un, 2] = hi
@@ -216,9 +229,6 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
                     continue
                 if cur != _EMPTY and R_st[m, slot] != ST_CLEAN:
                     # evicted while modified since its last emission: emit now (it can no longer change)
-                    if n_out == oi.shape[0]:
-                        oi = _grow2(oi)
-                        of = _grow2(of)
                     oi[n_out, 0] = m
                     oi[n_out, 1] = cur
                     oi[n_out, 2] = R_q[m, slot]
@@ -235,15 +245,11 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
             R_q[m, slot] |= qj
             if R_st[m, slot] == ST_CLEAN:
                 if b <= wm:
-                    if n_ready == ready.shape[0]:
-                        ready = _grow2(ready)
                     ready[n_ready, 0] = m
                     ready[n_ready, 1] = j
                     n_ready += 1
                     R_st[m, slot] = ST_READY
                 else:
-                    if n_pend == pend.shape[0]:
-                        pend = _grow2(pend)
                     pend[n_pend, 0] = m
                     pend[n_pend, 1] = j
                     n_pend += 1
@@ -251,13 +257,13 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
     G[G_MAX_TS] = max_ts
     G[G_NPEND] = n_pend
     G[G_NREADY] = n_ready
-    return pend, ready, oi, of, ui, uf, n_out, n_un
+    return stop, n_out, n_un
 
 
 @numba.njit(cache=True)
-def _emit_kernel(I_ns, late_ns, flush, R_idx, R_e, R_cov, R_q, R_st, G, pend, ready, oi, of, n_out):
-    """Emit the ready intervals and, when the watermark crossed an interval end, the pending ones
-    it closed (all of them when ``flush``)."""  # pragma: no cover - compiled
+def _emit_kernel(I_ns, late_ns, flush, R_idx, R_e, R_cov, R_q, R_st, G, pend, ready, oi, of, n_out):  # pragma: no cover
+    # Emit the ready intervals and, when the watermark crossed an interval end, the pending ones it
+    # closed (all of them when flushing). The wrapper sized ``ready`` and the outputs beforehand.
     K = R_idx.shape[1]
     max_ts = G[G_MAX_TS]
     wm = max_ts - late_ns
@@ -273,8 +279,6 @@ def _emit_kernel(I_ns, late_ns, flush, R_idx, R_e, R_cov, R_q, R_st, G, pend, re
             if R_idx[m, slot] != j or R_st[m, slot] != ST_PENDING:
                 continue  # stale: evicted and emitted, or already moved on
             if flush or (j + 1) * I_ns <= wm:
-                if n_ready == ready.shape[0]:
-                    ready = _grow2(ready)
                 ready[n_ready, 0] = m
                 ready[n_ready, 1] = j
                 n_ready += 1
@@ -291,9 +295,6 @@ def _emit_kernel(I_ns, late_ns, flush, R_idx, R_e, R_cov, R_q, R_st, G, pend, re
         slot = j % K
         if R_idx[m, slot] != j or R_st[m, slot] != ST_READY:
             continue
-        if n_out == oi.shape[0]:
-            oi = _grow2(oi)
-            of = _grow2(of)
         oi[n_out, 0] = m
         oi[n_out, 1] = j
         oi[n_out, 2] = R_q[m, slot]
@@ -303,7 +304,7 @@ def _emit_kernel(I_ns, late_ns, flush, R_idx, R_e, R_cov, R_q, R_st, G, pend, re
         R_st[m, slot] = ST_CLEAN
     G[G_NPEND] = n_pend
     G[G_NREADY] = 0
-    return pend, ready, oi, of, n_out
+    return n_out
 
 
 def _rows(state: IntervalState, n_out: int) -> IntervalRows:
@@ -347,26 +348,35 @@ def accumulate_intervals(
     if len(meters):
         state.ensure_capacity(int(meters.max()) + 1)
     hint = np.int64(_EMPTY if now_ts_ns is None else now_ts_ns)
-    pend, ready, oi, of, ui, uf, n_out, n_un = _interval_kernel(
-        meters, s, np.ascontiguousarray(ts_ns, dtype=np.int64), vee.prev_ts, vee.delta, vee.quality,
-        vee.event, np.int64(state.interval_ns), np.int64(state.lateness_ns), hint,
-        state.r_idx, state.r_e, state.r_cov, state.r_q, state.r_st, state.g, state.pend, state.ready,
-        state.oi, state.of, state.ui, state.uf,
-    )
-    state.pend, state.ready, state.oi, state.of, state.ui, state.uf = pend, ready, oi, of, ui, uf
-    unap = _unapportioned(state, n_un)
-    n_out = _emit_pending(state, False, n_out)
+    ts = np.ascontiguousarray(ts_ns, dtype=np.int64)
+    first, n_out, n_un = 0, 0, 0
+    while True:
+        stop, n_out, n_un = _interval_kernel(
+            meters, s, ts, vee.prev_ts, vee.delta, vee.quality, vee.event, np.int64(state.interval_ns),
+            np.int64(state.lateness_ns), hint, np.int64(first), state.r_idx, state.r_e, state.r_cov,
+            state.r_q, state.r_st, state.g, state.pend, state.ready, state.oi, state.of, state.ui,
+            state.uf, np.int64(n_out), np.int64(n_un),
+        )
+        if stop < 0:
+            break
+        first = int(stop)
+        state._grow_buffers(int(n_out), int(n_un))
+    unap = _unapportioned(state, int(n_un))
+    n_out = _emit_pending(state, False, int(n_out))
     return _rows(state, n_out), unap
 
 
 def _emit_pending(state: IntervalState, flush: bool, n_out: int) -> int:
-    pend, ready, oi, of, n_out = _emit_kernel(
+    # worst case: every pending entry becomes ready and every ready entry is emitted
+    n_lists = int(state.g[G_NPEND] + state.g[G_NREADY])
+    state._ensure_rows(n_out + n_lists)
+    if len(state.ready) < n_lists:
+        state.ready = _grown(state.ready, n_lists)
+    return int(_emit_kernel(
         np.int64(state.interval_ns), np.int64(state.lateness_ns), flush, state.r_idx, state.r_e,
         state.r_cov, state.r_q, state.r_st, state.g, state.pend, state.ready, state.oi, state.of,
         np.int64(n_out),
-    )
-    state.pend, state.ready, state.oi, state.of = pend, ready, oi, of
-    return int(n_out)
+    ))
 
 
 def flush_intervals(state: IntervalState) -> IntervalRows:
