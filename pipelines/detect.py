@@ -48,7 +48,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from pipelines._prefetch import prefetch_at, prefetch_row
+from pipelines._prefetch import prefetch_row
 from pipelines.batch import ReadingBatch
 
 REASON_NONE = 0
@@ -180,7 +180,7 @@ class DetectorState:
     of day touch neighbouring memory. float32 is plenty for a baseline and halves the largest array.
     """
 
-    __slots__ = ("cap", "f", "i", "seasonal", "slots_per_day", "utc_offset_s")
+    __slots__ = ("cap", "f", "i", "seasonal", "slots_per_day", "utc_offset_s", "_scratch")
 
     def __init__(self, n_series: int = 64, slots_per_day: int = 96, utc_offset_s: int = CHINA_UTC_OFFSET_S):
         if slots_per_day <= 0 or DAY_NS % slots_per_day:
@@ -191,7 +191,15 @@ class DetectorState:
         self.f = np.zeros((0, NF), dtype=np.float64)
         self.i = np.zeros((0, NI), dtype=np.int64)
         self.seasonal = np.zeros((2 * self.slots_per_day, 0, NS), dtype=np.float32)
+        self._scratch: dict[str, np.ndarray] = {}
         self.ensure_capacity(max(int(n_series), 1))
+
+    def scratch(self, name: str, n: int, dtype: type) -> np.ndarray:
+        """A reusable work array of at least ``n`` entries (multi-threaded scoring only)."""
+        a = self._scratch.get(name)
+        if a is None or len(a) < n:
+            a = self._scratch[name] = np.empty(max(n, 2 * len(a) if a is not None else n), dtype=dtype)
+        return a
 
     def ensure_capacity(self, n_series: int) -> None:
         """Make room for ids < n_series, doubling so growth is amortised O(1) per new series."""
@@ -223,6 +231,8 @@ OUTLIER_RUN_ADAPT = 3
 # and not at all from WIDEN_UNTIL residuals on (the factor is below 1.004 there anyway).
 SMALL_SAMPLE = 4.0
 WIDEN_UNTIL = 1024
+# the factor per residual count, looked up rather than divided on every point (index n - 1 >= 1)
+_WIDEN = np.array([1.0] + [1.0 + SMALL_SAMPLE / i for i in range(1, WIDEN_UNTIL)], dtype=np.float64)
 # No clipping before this many residuals: one residual can be arbitrarily small by chance, and a
 # clip against that would reject every normal value that follows.
 CLIP_AFTER = 8
@@ -257,7 +267,7 @@ def _robust_ewma(v, m, dev, n, outl, alpha, clip, floor_abs, floor_rel, z_lo, z_
         a_dev = 1.0 / n
     scale = max(MAD_TO_SIGMA * dev, floor_abs, floor_rel * abs(m))
     if n <= WIDEN_UNTIL:
-        scale *= 1.0 + SMALL_SAMPLE / (n - 1)
+        scale *= _WIDEN[n - 1]
     score = 0.0
     if ar > z_lo * scale:
         if ar >= z_hi * scale:
@@ -276,50 +286,64 @@ def _robust_ewma(v, m, dev, n, outl, alpha, clip, floor_abs, floor_rel, z_lo, z_
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, off_ns, slot_ns, spd,
-                  out_score, out_reason):  # pragma: no cover - compiled
-    n_kinds = P.shape[0]
+def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, cap, off_ns, slot_ns, spd,
+                  order, lo, hi, out_score, out_reason):  # pragma: no cover - compiled
+    # Scores positions lo..hi-1. With an empty ``order`` a position is the reading's index and
+    # results go to that index; otherwise position p means reading order[p] and results go to
+    # position p (one thread's contiguous slice: no false sharing between threads).
+    # Returns -1, or the index of a reading whose series or kind is out of range.
+    # P, F, I and S are the flattened (1-D) tables: row offsets are computed once per reading, and
+    # the early range checks let LLVM drop numba's negative-index handling on every access.
+    n_kinds = P.shape[0] // N_PARAMS
+    direct = order.shape[0] == 0
     c_lo = np.int64(1)
     c_hi = np.int64(0)
     c_slot = 0
-    n = series.shape[0]
-    for idx in range(n):
-        if idx + PREFETCH_AHEAD < n:
-            ahead = series[idx + PREFETCH_AHEAD]
-            prefetch_row(F, ahead)
-            prefetch_row(I, ahead)
-            prefetch_at(S, c_slot, ahead)
+    for pos in range(lo, hi):
+        idx = pos if direct else order[pos]
+        ahead_pos = pos + PREFETCH_AHEAD
+        if ahead_pos < hi:
+            ahead = series[ahead_pos] if direct else series[order[ahead_pos]]
+            if ahead >= 0 and ahead < cap:
+                prefetch_row(F, ahead * NF)
+                prefetch_row(I, ahead * NI)
+                prefetch_row(S, (c_slot * cap + ahead) * NS)
         s = series[idx]
         t = ts[idx]
         x = value[idx]
         if not np.isfinite(x):
-            out_score[idx] = 0.0
-            out_reason[idx] = REASON_NONE
+            out_score[pos] = 0.0
+            out_reason[pos] = REASON_NONE
             continue
+        if s < 0 or s >= cap:
+            return idx
         k = kind_of[s]
         if k < 0 or k >= n_kinds:
             return idx
-        nraw = I[s, I_NRAW]
-        warm = nraw >= P[k, P_WARMUP]
-        last_x = F[s, F_LAST_X]
-        dt = t - I[s, I_LAST_TS]
-        floor_abs = P[k, P_FLOOR_ABS]
-        floor_rel = P[k, P_FLOOR_REL]
-        clip = P[k, P_CLIP]
+        pk = k * N_PARAMS
+        fb = s * NF
+        ib = s * NI
+        nraw = I[ib + I_NRAW]
+        warm = nraw >= P[pk + P_WARMUP]
+        last_x = F[fb + F_LAST_X]
+        dt = t - I[ib + I_LAST_TS]
+        floor_abs = P[pk + P_FLOOR_ABS]
+        floor_rel = P[pk + P_FLOOR_REL]
+        clip = P[pk + P_CLIP]
 
         # ---- flatline on the raw value
-        if nraw > 0 and abs(x - last_x) <= P[k, P_FLAT_EPS]:
-            run = I[s, I_RUN] + 1
-            run_start = I[s, I_RUN_START]
+        if nraw > 0 and abs(x - last_x) <= P[pk + P_FLAT_EPS]:
+            run = I[ib + I_RUN] + 1
+            run_start = I[ib + I_RUN_START]
         else:
             run = np.int64(1)
             run_start = t
-        I[s, I_RUN] = run
-        I[s, I_RUN_START] = run_start
+        I[ib + I_RUN] = run
+        I[ib + I_RUN_START] = run_start
         s_flat = 0.0
-        if warm and not (P[k, P_FLAT_IGNORE_ZERO] != 0.0 and x == 0.0):
-            fn = P[k, P_FLAT_N]
-            fsec = P[k, P_FLAT_S]
+        if warm and not (P[pk + P_FLAT_IGNORE_ZERO] != 0.0 and x == 0.0):
+            fn = P[pk + P_FLAT_N]
+            fsec = P[pk + P_FLAT_S]
             if (fn > 0.0 and run >= fn) or (fsec > 0.0 and run >= 2 and (t - run_start) >= fsec * 1e9):
                 s_flat = 1.0
 
@@ -330,13 +354,13 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, off_ns, sl
             v = np.nan
             if nraw > 0:
                 d = x - last_x
-                if d < -P[k, P_CTR_NEG_TOL]:
+                if d < -P[pk + P_CTR_NEG_TOL]:
                     s_ctr = 1.0
                 elif dt > 0:
                     if d < 0.0:
                         d = 0.0
                     rate = d * (HOUR_NS / dt)
-                    if rate > P[k, P_CTR_MAX]:
+                    if rate > P[pk + P_CTR_MAX]:
                         s_ctr = 1.0
                     else:
                         v = rate
@@ -347,43 +371,43 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, off_ns, sl
         s_seas = 0.0
         s_spk = 0.0
         if np.isfinite(v):
-            nv = I[s, I_NV]
-            scored = warm and nv >= P[k, P_WARMUP]
+            nv = I[ib + I_NV]
+            scored = warm and nv >= P[pk + P_WARMUP]
             # ---- level: robust EWMA of value and absolute deviation
-            m, dev, outl, sc = _robust_ewma(v, F[s, F_MEAN], F[s, F_DEV], nv, I[s, I_OUTLIERS],
-                                            P[k, P_LEVEL_ALPHA], clip, floor_abs, floor_rel,
-                                            P[k, P_LEVEL_Z_LO], P[k, P_LEVEL_Z_HI])
+            m, dev, outl, sc = _robust_ewma(v, F[fb + F_MEAN], F[fb + F_DEV], nv, I[ib + I_OUTLIERS],
+                                            P[pk + P_LEVEL_ALPHA], clip, floor_abs, floor_rel,
+                                            P[pk + P_LEVEL_Z_LO], P[pk + P_LEVEL_Z_HI])
             if scored:
                 s_lvl = sc
-            F[s, F_MEAN] = m
-            F[s, F_DEV] = dev
-            I[s, I_OUTLIERS] = outl
+            F[fb + F_MEAN] = m
+            F[fb + F_DEV] = dev
+            I[ib + I_OUTLIERS] = outl
 
             # ---- spike / rate of change: step size against a robust scale of step sizes
             last_spike = 0
             if nv >= 1:
-                last_v = F[s, F_LAST_V]
+                last_v = F[fb + F_LAST_V]
                 step = abs(v - last_v)
-                if I[s, I_LAST_SPIKE] != 0:
-                    step = min(step, abs(v - F[s, F_PREV_V]))
+                if I[ib + I_LAST_SPIKE] != 0:
+                    step = min(step, abs(v - F[fb + F_PREV_V]))
                 # steps are treated as deviations around 0: mean pinned at 0, count = nv - 1
-                _, sdev, souts, sc = _robust_ewma(step, 0.0, F[s, F_STEP_DEV], nv, I[s, I_STEP_OUTLIERS],
-                                                  P[k, P_SPIKE_ALPHA], clip, max(floor_abs, floor_rel * abs(m)),
-                                                  0.0, P[k, P_SPIKE_Z_LO], P[k, P_SPIKE_Z_HI])
-                F[s, F_STEP_DEV] = sdev
-                I[s, I_STEP_OUTLIERS] = souts
+                _, sdev, souts, sc = _robust_ewma(step, 0.0, F[fb + F_STEP_DEV], nv, I[ib + I_STEP_OUTLIERS],
+                                                  P[pk + P_SPIKE_ALPHA], clip, max(floor_abs, floor_rel * abs(m)),
+                                                  0.0, P[pk + P_SPIKE_Z_LO], P[pk + P_SPIKE_Z_HI])
+                F[fb + F_STEP_DEV] = sdev
+                I[ib + I_STEP_OUTLIERS] = souts
                 if scored:
                     s_spk = sc
-                    if dt > 0 and abs(v - last_v) * 1e9 > P[k, P_MAX_RATE] * dt:
+                    if dt > 0 and abs(v - last_v) * 1e9 > P[pk + P_MAX_RATE] * dt:
                         s_spk = 1.0
                 if s_spk >= 0.5:
                     last_spike = 1
-                F[s, F_PREV_V] = last_v
-            I[s, I_LAST_SPIKE] = last_spike
-            F[s, F_LAST_V] = v
+                F[fb + F_PREV_V] = last_v
+            I[ib + I_LAST_SPIKE] = last_spike
+            F[fb + F_LAST_V] = v
 
             # ---- seasonal baseline by local time of day and day type
-            if P[k, P_SEASONAL] != 0.0:
+            if P[pk + P_SEASONAL] != 0.0:
                 if t < c_lo or t >= c_hi:
                     local = t + off_ns
                     day = local // DAY_NS
@@ -392,24 +416,25 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, off_ns, sl
                     c_slot = weekend * spd + sl
                     c_lo = day * DAY_NS + sl * slot_ns - off_ns
                     c_hi = c_lo + slot_ns
-                cnt = S[c_slot, s, S_COUNT]
+                sb = (c_slot * cap + s) * NS
+                cnt = S[sb + S_COUNT]
                 ms, ds, souts, sc = _robust_ewma(
-                    v, np.float64(S[c_slot, s, S_MEAN]), np.float64(S[c_slot, s, S_DEV]), np.int64(cnt),
-                    np.int64(S[c_slot, s, S_OUTLIERS]), P[k, P_SEAS_ALPHA], clip, floor_abs, floor_rel,
-                    P[k, P_SEAS_Z_LO], P[k, P_SEAS_Z_HI],
+                    v, np.float64(S[sb + S_MEAN]), np.float64(S[sb + S_DEV]), np.int64(cnt),
+                    np.int64(S[sb + S_OUTLIERS]), P[pk + P_SEAS_ALPHA], clip, floor_abs, floor_rel,
+                    P[pk + P_SEAS_Z_LO], P[pk + P_SEAS_Z_HI],
                 )
-                if warm and cnt >= P[k, P_SEAS_MIN]:
+                if warm and cnt >= P[pk + P_SEAS_MIN]:
                     s_seas = sc
-                S[c_slot, s, S_MEAN] = ms
-                S[c_slot, s, S_DEV] = ds
-                S[c_slot, s, S_OUTLIERS] = min(souts, 255)
+                S[sb + S_MEAN] = ms
+                S[sb + S_DEV] = ds
+                S[sb + S_OUTLIERS] = min(souts, 255)
                 if cnt < 65535.0:
-                    S[c_slot, s, S_COUNT] = cnt + 1.0
-            I[s, I_NV] = nv + 1
+                    S[sb + S_COUNT] = cnt + 1.0
+            I[ib + I_NV] = nv + 1
 
-        I[s, I_NRAW] = nraw + 1
-        I[s, I_LAST_TS] = t
-        F[s, F_LAST_X] = x
+        I[ib + I_NRAW] = nraw + 1
+        I[ib + I_LAST_TS] = t
+        F[fb + F_LAST_X] = x
 
         # ---- combine: maximum, ties to the more specific cause
         best = s_ctr
@@ -429,9 +454,49 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, off_ns, sl
         if best <= 0.0:
             reason = REASON_NONE
             best = 0.0
-        out_score[idx] = best
-        out_reason[idx] = reason
+        out_score[pos] = best
+        out_reason[pos] = reason
     return -1
+
+
+# Series are dealt to threads in blocks of this many neighbouring ids, so two threads never write
+# the same cache line of the state (a seasonal entry is 16 bytes: 4 series share a 64-byte line).
+PARTITION_BLOCK_SHIFT = 4
+
+
+@numba.njit(cache=True)
+def _partition(series, n_parts, bounds, fill, order, where):  # pragma: no cover - compiled
+    # Stable counting sort of reading indices by series block: each part is one thread's work, in
+    # arrival order, and no series is in two parts. ``where`` is the inverse of ``order``. (No
+    # allocation in kernels: it would pull numba's allocator into the compile, seconds at start-up.)
+    for p in range(n_parts + 1):
+        bounds[p] = 0
+    for i in range(series.shape[0]):
+        bounds[(series[i] >> PARTITION_BLOCK_SHIFT) % n_parts + 1] += 1
+    for p in range(n_parts):
+        bounds[p + 1] += bounds[p]
+        fill[p] = bounds[p]
+    for i in range(series.shape[0]):
+        p = (series[i] >> PARTITION_BLOCK_SHIFT) % n_parts
+        order[fill[p]] = i
+        where[i] = fill[p]
+        fill[p] += 1
+
+
+@numba.njit(cache=True, parallel=True)
+def _score_parallel(series, ts, value, kind_of, is_counter, P, F, I, S, cap, off_ns, slot_ns, spd,
+                    order, where, bounds, buf_score, buf_reason, out_score, out_reason, bad):  # pragma: no cover
+    n_parts = bounds.shape[0] - 1
+    for p in numba.prange(n_parts):
+        bad[p] = _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, cap, off_ns, slot_ns, spd,
+                               order, bounds[p], bounds[p + 1], buf_score, buf_reason)
+    # gather back into arrival order, each thread a contiguous slice of the output
+    n = series.shape[0]
+    chunk = (n + n_parts - 1) // n_parts
+    for p in numba.prange(n_parts):
+        for i in range(p * chunk, min(n, (p + 1) * chunk)):
+            out_score[i] = buf_score[where[i]]
+            out_reason[i] = buf_reason[where[i]]
 
 
 def _as(a: np.ndarray, dtype: type) -> np.ndarray:
@@ -456,12 +521,17 @@ def score_batch(
     params_table: np.ndarray | Sequence[DetectorParams],
     series_kind: np.ndarray,
     series_is_counter: np.ndarray,
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Score every reading of ``batch`` in arrival order and fold it into ``state``.
 
     ``params_table``: from :func:`pack_params` (pass the packed array; a sequence is packed per call).
     ``series_kind``: int32 kind index per series id (row of the table); ``series_is_counter``: bool
     per series id. Returns ``(score float32 in [0, 1], reason uint8)``, one per reading.
+
+    ``threads > 1`` splits the series (not the readings) across that many numba threads; results
+    are bitwise identical to ``threads=1``. Worth it for large batches (backfill, benchmarks); the
+    first call compiles the parallel driver (``warm_up(threads=...)`` does that at start-up).
     """
     n = len(batch)
     score = np.empty(n, dtype=np.float32)
@@ -475,16 +545,35 @@ def score_batch(
     series = _as(batch.series, np.int32)
     smax = _check_ids(series, (kinds, counters))
     state.ensure_capacity(smax + 1)
-    slot_ns = DAY_NS // state.slots_per_day
-    bad = _score_kernel(
-        series, _as(batch.ts_ns, np.int64), _as(batch.value, np.float64), kinds, counters, table,
-        state.f, state.i, state.seasonal, np.int64(state.utc_offset_s * 1_000_000_000), np.int64(slot_ns),
-        np.int64(state.slots_per_day), score, reason,
-    )
+    ts = _as(batch.ts_ns, np.int64)
+    value = _as(batch.value, np.float64)
+    off = np.int64(state.utc_offset_s * 1_000_000_000)
+    slot_ns = np.int64(DAY_NS // state.slots_per_day)
+    spd = np.int64(state.slots_per_day)
+    flat_p, flat_f, flat_i, flat_s = table.reshape(-1), state.f.reshape(-1), state.i.reshape(-1), state.seasonal.reshape(-1)
+    cap = np.int64(state.cap)
+    if threads <= 1 or n < 4 * PARALLEL_MIN_PER_THREAD:
+        bad = int(_score_kernel(series, ts, value, kinds, counters, flat_p, flat_f, flat_i, flat_s, cap,
+                                off, slot_ns, spd, _NO_ORDER, 0, n, score, reason))
+    else:
+        parts = int(min(threads, max(1, n // PARALLEL_MIN_PER_THREAD)))
+        order = state.scratch("order", n, np.int64)
+        bounds = np.empty(parts + 1, dtype=np.int64)
+        where = state.scratch("where", n, np.int64)
+        _partition(series, np.int64(parts), bounds, np.empty(parts, dtype=np.int64), order, where)
+        errs = np.full(parts, -1, dtype=np.int64)
+        _score_parallel(series, ts, value, kinds, counters, flat_p, flat_f, flat_i, flat_s, cap, off,
+                        slot_ns, spd, order, where, bounds, state.scratch("score", n, np.float32),
+                        state.scratch("reason", n, np.uint8), score, reason, errs)
+        bad = int(errs.max())
     if bad >= 0:
         sid = int(series[bad])
         raise ValueError(f"series {sid} has kind {int(kinds[sid])}, table has {len(table)} kinds")
     return score, reason
+
+
+_NO_ORDER = np.empty(0, dtype=np.int64)
+PARALLEL_MIN_PER_THREAD = 50_000  # below this a thread costs more to wake than it saves
 
 
 # ------------------------------------------------------------------ alerts with hysteresis

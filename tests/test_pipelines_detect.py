@@ -300,3 +300,18 @@ def test_ewma_zscore_matches_a_reference():
             d = abs(r) if d is None else d + 0.1 * (abs(r) - d)
             m = m + 0.1 * r
         np.testing.assert_allclose(z[series == s], ref, rtol=1e-12, equal_nan=True)
+
+
+def test_threads_give_bitwise_identical_results(monkeypatch):
+    import pipelines.detect as detect
+
+    monkeypatch.setattr(detect, "PARALLEL_MIN_PER_THREAD", 100)
+    batch, kinds, counters = _mixed_stream(5)
+    one = score_batch(batch, DetectorState(16), TABLE, kinds, counters)
+    state = DetectorState(16)
+    two = score_batch(batch, state, TABLE, kinds, counters, threads=2)
+    assert one[0].tobytes() == two[0].tobytes() and one[1].tobytes() == two[1].tobytes()
+    bad_kinds = kinds.copy()
+    bad_kinds[3] = 7
+    with pytest.raises(ValueError, match="kind"):
+        score_batch(batch, DetectorState(16), TABLE, bad_kinds, counters, threads=2)
