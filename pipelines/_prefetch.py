@@ -40,32 +40,3 @@ def prefetch_row(typingctx, arr, row):  # type: ignore[no-untyped-def]
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-@intrinsic
-def prefetch_at(typingctx, arr, i, j):  # type: ignore[no-untyped-def]
-    """Prefetch (for writing) element ``arr[i, j, 0...]`` of an array with ndim >= 2."""
-    if not isinstance(arr, types.Array) or arr.ndim < 2:
-        return None
-    sig = types.void(arr, i, j)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        zero = context.get_constant(types.intp, 0)
-        iv = context.cast(builder, args[1], signature.args[1], types.intp)
-        jv = context.cast(builder, args[2], signature.args[2], types.intp)
-        indices = [iv, jv] + [zero] * (aryty.ndim - 2)
-        ptr = cgutils.get_item_pointer2(
-            context, builder, data=ary.data, shape=cgutils.unpack_tuple(builder, ary.shape),
-            strides=cgutils.unpack_tuple(builder, ary.strides), layout=aryty.layout, inds=indices,
-            wraparound=False,
-        )
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(1), i32(3), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen

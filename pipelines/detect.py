@@ -238,7 +238,7 @@ _WIDEN = np.array([1.0] + [1.0 + SMALL_SAMPLE / i for i in range(1, WIDEN_UNTIL)
 CLIP_AFTER = 8
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", inline="always")
 def _robust_ewma(v, m, dev, n, outl, alpha, clip, floor_abs, floor_rel, z_lo, z_hi):  # pragma: no cover
     """One robust EWMA step of mean ``m`` and absolute deviation ``dev`` (``n`` values so far).
 
@@ -296,6 +296,8 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, cap, off_n
     # the early range checks let LLVM drop numba's negative-index handling on every access.
     n_kinds = P.shape[0] // N_PARAMS
     direct = order.shape[0] == 0
+    if lo < 0:  # (lets LLVM see that positions are never negative and drop wrap-around code)
+        lo = 0
     c_lo = np.int64(1)
     c_hi = np.int64(0)
     c_slot = 0
@@ -308,12 +310,13 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, cap, off_n
                 prefetch_row(F, ahead * NF)
                 prefetch_row(I, ahead * NI)
                 prefetch_row(S, (c_slot * cap + ahead) * NS)
-        s = series[idx]
-        t = ts[idx]
-        x = value[idx]
+        u = np.uint64(idx)  # unsigned indices: no negative-index handling on each access
+        s = series[u]
+        t = ts[u]
+        x = value[u]
         if not np.isfinite(x):
-            out_score[pos] = 0.0
-            out_reason[pos] = REASON_NONE
+            out_score[np.uint64(pos)] = 0.0
+            out_reason[np.uint64(pos)] = REASON_NONE
             continue
         if s < 0 or s >= cap:
             return idx
@@ -454,8 +457,8 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, cap, off_n
         if best <= 0.0:
             reason = REASON_NONE
             best = 0.0
-        out_score[pos] = best
-        out_reason[pos] = reason
+        out_score[np.uint64(pos)] = best
+        out_reason[np.uint64(pos)] = reason
     return -1
 
 

@@ -99,7 +99,9 @@ class IntervalState:
             raise ValueError("interval_ns and max_span_ns must be > 0, lateness_ns >= 0")
         self.interval_ns = int(interval_ns)
         self.lateness_ns = int(lateness_ns)
-        self.k = int(-(-int(max_span_ns) // self.interval_ns) + 2)
+        # ring size: a power of two (slot = index & (k - 1), no division per reading)
+        need = int(-(-int(max_span_ns) // self.interval_ns) + 2)
+        self.k = 1 << (need - 1).bit_length()
         self.cap = 0
         k = self.k
         self.r_idx = np.full((0, k), _EMPTY, dtype=np.int64)
@@ -166,28 +168,36 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
     # not take the worst case of the next reading (K evictions, K list entries, K+1 records), it
     # returns that reading's index and the wrapper grows the buffers and resumes there.
     K = R_idx.shape[1]
+    kmask = K - 1
     n_pend = G[G_NPEND]
     n_ready = G[G_NREADY]
     max_ts = G[G_MAX_TS]
     if hint_ts > max_ts:
         max_ts = hint_ts
     stop = -1
+    if first < 0:  # (lets LLVM see that indices are never negative and drop wrap-around code)
+        first = 0
+    # the interval of the previous reading: readings arrive roughly in time order, so most need
+    # no 64-bit division (tens of cycles each) to find their interval
+    c_j = np.int64(0)  # always c_lo == c_j * I_ns
+    c_lo = np.int64(0)
     for idx in range(first, series.shape[0]):
         if (n_out + K > oi.shape[0] or n_un + K + 1 > ui.shape[0] or n_pend + K > pend.shape[0]
                 or n_ready + K > ready.shape[0]):
             stop = idx
             break
-        t1 = t1s[idx]
+        u = np.uint64(idx)  # unsigned indices: no negative-index handling on each access
+        t1 = t1s[u]
         if t1 > max_ts:
             max_ts = t1
-        m = series_meter[series[idx]]
+        m = series_meter[np.uint64(series[u])]
         if m < 0:
             continue
-        d = deltas[idx]
+        d = deltas[u]
         if not np.isfinite(d):
             continue
-        t0 = t0s[idx]
-        if (evs[idx] & EV_GAP) != 0 or t1 <= t0:
+        t0 = t0s[u]
+        if (evs[u] & EV_GAP) != 0 or t1 <= t0:
             ui[n_un, 0] = m
             ui[n_un, 1] = t0
             ui[n_un, 2] = t1
@@ -196,10 +206,22 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
             n_un += 1
             continue
         wm = max_ts - late_ns
-        q = qs[idx] & _CARRY
+        q = qs[u] & _CARRY
         span = np.float64(t1 - t0)
-        j0 = t0 // I_ns
-        j1 = (t1 - 1) // I_ns
+        t1m = t1 - 1
+        if t1m >= c_lo and t1m - c_lo < I_ns:
+            j1 = c_j
+        else:
+            j1 = t1m // I_ns
+            c_j = j1
+            c_lo = j1 * I_ns
+        off0 = t0 - (c_lo - I_ns)
+        if off0 >= I_ns and off0 < 2 * I_ns:
+            j0 = c_j
+        elif off0 >= 0 and off0 < I_ns:
+            j0 = c_j - 1
+        else:
+            j0 = t0 // I_ns
         assigned = 0.0
         for j in range(j0, j1 + 1):
             a = j * I_ns
@@ -215,7 +237,7 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
             qj = q
             if j0 < j < j1:
                 qj |= QUALITY_ESTIMATED
-            slot = j % K
+            slot = np.uint64(j & kmask)
             cur = R_idx[m, slot]
             if cur != j:
                 if cur > j:
@@ -264,7 +286,7 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
 def _emit_kernel(I_ns, late_ns, flush, R_idx, R_e, R_cov, R_q, R_st, G, pend, ready, oi, of, n_out):  # pragma: no cover
     # Emit the ready intervals and, when the watermark crossed an interval end, the pending ones it
     # closed (all of them when flushing). The wrapper sized ``ready`` and the outputs beforehand.
-    K = R_idx.shape[1]
+    kmask = R_idx.shape[1] - 1
     max_ts = G[G_MAX_TS]
     wm = max_ts - late_ns
     wm_idx = wm // I_ns  # intervals with index < wm_idx end at or before wm
@@ -275,7 +297,7 @@ def _emit_kernel(I_ns, late_ns, flush, R_idx, R_e, R_cov, R_q, R_st, G, pend, re
         for e in range(n_pend):
             m = pend[e, 0]
             j = pend[e, 1]
-            slot = j % K
+            slot = j & kmask
             if R_idx[m, slot] != j or R_st[m, slot] != ST_PENDING:
                 continue  # stale: evicted and emitted, or already moved on
             if flush or (j + 1) * I_ns <= wm:
@@ -292,7 +314,7 @@ def _emit_kernel(I_ns, late_ns, flush, R_idx, R_e, R_cov, R_q, R_st, G, pend, re
     for e in range(n_ready):
         m = ready[e, 0]
         j = ready[e, 1]
-        slot = j % K
+        slot = j & kmask
         if R_idx[m, slot] != j or R_st[m, slot] != ST_READY:
             continue
         oi[n_out, 0] = m

@@ -20,8 +20,11 @@ from pipelines.rollup import rollup
 from pipelines.validate import VeeParams, VeeState, pack_vee_params, validate_batch
 
 
-def warm_up() -> float:
-    """Compile (or load from cache) every kernel of the core; returns the seconds it took."""
+def warm_up(threads: int = 1) -> float:
+    """Compile (or load from cache) every kernel of the core; returns the seconds it took.
+
+    ``threads > 1`` also prepares the multi-threaded detector driver (``score_batch(threads=...)``).
+    """
     t0 = time.perf_counter()
     minute = 60 * 1_000_000_000
     n = 8
@@ -35,6 +38,16 @@ def warm_up() -> float:
     dstate = DetectorState(2)
     score, reason = score_batch(batch, dstate, pack_params([DetectorParams(warmup_samples=1)]), kinds, counter)
     update_alerts(batch.series, score, reason, AlertState(2))
+    if threads > 1:
+        from pipelines import detect
+
+        saved = detect.PARALLEL_MIN_PER_THREAD
+        detect.PARALLEL_MIN_PER_THREAD = 1
+        try:
+            score_batch(batch, DetectorState(2), pack_params([DetectorParams(warmup_samples=1)]), kinds, counter,
+                        threads=2)
+        finally:
+            detect.PARALLEL_MIN_PER_THREAD = saved
     ewma_zscore(batch.series, batch.value, 0.1, np.zeros((2, 3)))
 
     vee = validate_batch(batch, VeeState(2), pack_vee_params([VeeParams()]), kinds, counter)
