@@ -49,6 +49,7 @@ import numba
 import numpy as np
 
 from pipelines._prefetch import prefetch_row
+from pipelines.growth import grown_capacity
 from pipelines.batch import ReadingBatch
 
 REASON_NONE = 0
@@ -205,9 +206,7 @@ class DetectorState:
         """Make room for ids < n_series, doubling so growth is amortised O(1) per new series."""
         if n_series <= self.cap:
             return
-        cap = max(self.cap, 16)
-        while cap < n_series:
-            cap *= 2
+        cap = grown_capacity(self.cap, n_series)
         f = np.zeros((cap, NF), dtype=np.float64)
         f[: self.cap] = self.f
         i = np.zeros((cap, NI), dtype=np.int64)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from pipelines.growth import grown_capacity
 from pipelines.batch import QUALITY_EDITED, QUALITY_ESTIMATED, QUALITY_SUSPECT
 from pipelines.validate import EV_GAP, VeeResult
 
@@ -121,9 +122,7 @@ class IntervalState:
     def ensure_capacity(self, n_meters: int) -> None:
         if n_meters <= self.cap:
             return
-        cap = max(self.cap, 16)
-        while cap < n_meters:
-            cap *= 2
+        cap = grown_capacity(self.cap, n_meters)
 
         def grow(a: np.ndarray, fill: int | float) -> np.ndarray:
             b = np.full((cap, self.k), fill, dtype=a.dtype)

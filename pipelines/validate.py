@@ -39,6 +39,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
+from pipelines.growth import grown_capacity
 from pipelines.batch import (
     QUALITY_EDITED,
     QUALITY_ESTIMATED,
@@ -144,9 +145,7 @@ class VeeState:
     def ensure_capacity(self, n_series: int) -> None:
         if n_series <= self.cap:
             return
-        cap = max(self.cap, 16)
-        while cap < n_series:
-            cap *= 2
+        cap = grown_capacity(self.cap, n_series)
         f = np.zeros((cap, NVF), dtype=np.float64)
         f[: self.cap] = self.f
         i = np.zeros((cap, NVI), dtype=np.int64)
