@@ -179,7 +179,11 @@ class SimMeter:
         formats: Mapping[int, tuple[int, int, bool]] | None = None,
         preamble: int = 4,
         faults: Faults | None = None,
+        served_log: Callable[[dict], None] | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
+        self.served_log = served_log  # every value put on the wire, for tests to compare against
+        self.clock_ns = clock_ns
         self.address = address
         self.wire = wire_address(address)
         self.values = values
@@ -215,6 +219,11 @@ class SimMeter:
             bcd = to_bcd(float(value), *fmt)
             if bcd is None:
                 return build_frame(self.wire, 0xD1, bytes([ERR_OTHER]), p)
+            if self.served_log is not None:
+                decimals = fmt[1]
+                served = int(round(abs(float(value)) * 10**decimals)) / 10**decimals  # exactly what the BCD says
+                self.served_log({"t_ns": self.clock_ns(), "kind": "dlt645", "address": self.address, "di": di,
+                                 "value": -served if value < 0 else served})
             return build_frame(self.wire, 0x91, data[:4] + bcd, p)
         self.requests.append((control, None))
         return build_frame(self.wire, (control & 0x1F) | 0xC0, bytes([ERR_OTHER]), p)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from firmware_sim.loads import LoadModel, _hash01
@@ -120,3 +120,9 @@ class MeterBank:
 
 def tcp_server(bank: MeterBank, host: str, port: int) -> ModbusTcpServer:
     return ModbusTcpServer(bank.sim_devices(), address=(host, port))
+
+
+def rtu_server(bank: MeterBank, port: str, baudrate: int = 9600, parity: str = "N", stopbits: int = 1) -> ModbusSerialServer:
+    """The same meters on an RS-485 line (a serial device, e.g. one end of a socat pty pair)."""
+    return ModbusSerialServer(bank.sim_devices(), port=port, baudrate=baudrate, parity=parity,
+                              stopbits=stopbits, bytesize=8)

@@ -8,6 +8,7 @@ and says how to install it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -31,12 +32,17 @@ def socat_path() -> str:
 
 
 @contextmanager
-def pty_pair(*, names: tuple[str, str] = ("a", "b"), timeout: float = 5.0) -> Iterator[tuple[str, str]]:
-    """Start ``socat -d -d pty,raw,echo=0,link=A pty,raw,echo=0,link=B``, yield (A, B), kill socat after."""
+def pty_pair(*, names: tuple[str, str] = ("a", "b"), timeout: float = 5.0,
+             directory: str | None = None) -> Iterator[tuple[str, str]]:
+    """Start ``socat -d -d pty,raw,echo=0,link=A pty,raw,echo=0,link=B``, yield (A, B), kill socat after.
+
+    With ``directory`` the links are made there, so a second pair can reappear under the same names
+    (an adapter unplugged and plugged in again).
+    """
     socat = socat_path()
-    with tempfile.TemporaryDirectory(prefix="ptys-") as tmp:
+    with (contextlib.nullcontext(directory) if directory else tempfile.TemporaryDirectory(prefix="ptys-")) as tmp:
         a, b = (os.path.join(tmp, n) for n in names)
-        log_path = os.path.join(tmp, "socat.log")
+        log_path = os.path.join(tmp, f"socat-{names[0]}.log")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [socat, "-d", "-d", f"pty,raw,echo=0,link={a}", f"pty,raw,echo=0,link={b}"],

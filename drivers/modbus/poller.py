@@ -1,14 +1,12 @@
 """Polls Modbus devices (TCP or RTU) through pymodbus' async clients, one task per device.
 
-A failed poll is never published as a value: the device's health records why (timeout, connection
-refused, Modbus exception with its name, garbled response) and the device backs off exponentially,
-capped, without delaying the other devices.
+Scheduling, backoff, health and stale marks are shared with every polled protocol
+(``drivers/polling.py``); this module knows how to get the registers of one device off the wire.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -17,10 +15,10 @@ import numpy as np
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from drivers.base import BatchSink, DeviceHealth
+from drivers.base import BatchSink
 from drivers.modbus.blocks import Block, ProfileDecoder, plan_blocks
 from drivers.modbus.profile import DeviceProfile
-from pipelines.batch import QUALITY_GOOD, ReadingBatch
+from drivers.polling import HealthListener, PolledDevice, PollError
 
 log = logging.getLogger("drivers.modbus")
 
@@ -37,14 +35,16 @@ EXCEPTION_NAMES = {
     11: "gateway_target_failed_to_respond",
 }
 
-BACKOFF_MAX_S = 60.0
 
+def rtu_frame_silence_s(baudrate: int, bits_per_char: int = 11) -> float:
+    """The 3.5-character silence that ends an RTU frame (Modbus over serial line v1.02, 2.5.1.1).
 
-class PollError(Exception):
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
+    A character is 11 bits on the wire (start, 8 data, parity or a second stop bit, stop). Above
+    19200 baud the specification fixes the silence at 1.75 ms instead of shrinking it further.
+    """
+    if baudrate > 19200:
+        return 0.00175
+    return 3.5 * bits_per_char / baudrate
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,77 +61,158 @@ class BusSettings:
     max_parallel: int = 4
 
 
-class ModbusBus:
-    """One pymodbus client per TCP host or serial line; limits requests in flight on it."""
+class HostLimits:
+    """One semaphore per TCP host, shared by every bus (port) on it: a host takes so many requests at once."""
 
-    def __init__(self, settings: BusSettings) -> None:
+    def __init__(self, per_host: int) -> None:
+        self.per_host = per_host
+        self._gates: dict[str, asyncio.Semaphore] = {}
+
+    def gate(self, host: str) -> asyncio.Semaphore:
+        if host not in self._gates:
+            self._gates[host] = asyncio.Semaphore(self.per_host)
+        return self._gates[host]
+
+
+class _Link:
+    """One pymodbus client (a TCP connection or the serial port) and what it heard since the last request."""
+
+    def __init__(self) -> None:
+        self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self.rx_bytes = 0
+        self.last_io = 0.0  # monotonic time of the last byte sent or received
+
+    def trace(self, sending: bool, data: bytes) -> bytes:
+        if not sending:
+            self.rx_bytes += len(data)
+        self.last_io = time.monotonic()
+        return data
+
+
+class ModbusBus:
+    """A Modbus TCP endpoint or an RS-485 line, and the rules for talking on it.
+
+    pymodbus' client serialises the requests of one connection, so a TCP bus keeps a small pool of
+    connections (``max_parallel``) to poll its devices in parallel, and every bus on the same host
+    also shares that host's limit. A serial line is half duplex: one request at a time, and the
+    3.5-character silence between the end of one frame and the start of the next.
+    """
+
+    def __init__(self, settings: BusSettings, host_limits: HostLimits | None = None) -> None:
         self.settings = settings
+        self.silence_s = 0.0
+        self._host_gate: asyncio.Semaphore | None = None
         if settings.kind == "tcp":
-            self.client = AsyncModbusTcpClient(
-                settings.host, port=settings.port, timeout=settings.timeout_s, retries=0,
+            n = settings.max_parallel
+            self._host_gate = (host_limits or HostLimits(n)).gate(settings.host)
+        else:
+            n = 1
+            self.silence_s = rtu_frame_silence_s(settings.baudrate)
+        self._links = [self._new_link() for _ in range(n)]
+        self._idle: asyncio.Queue[_Link] = asyncio.Queue()
+        for link in self._links:
+            self._idle.put_nowait(link)
+        self.requests = 0
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests this bus ever had on the wire at once
+
+    def _new_link(self) -> _Link:
+        s = self.settings
+        link = _Link()
+        if s.kind == "tcp":
+            link.client = AsyncModbusTcpClient(
+                s.host, port=s.port, timeout=s.timeout_s, retries=0, trace_packet=link.trace,
                 reconnect_delay=0,  # reconnection is ours: on the next poll, with the device's backoff
             )
-            self._gate = asyncio.Semaphore(settings.max_parallel)
         else:
-            self.client = AsyncModbusSerialClient(
-                settings.device, baudrate=settings.baudrate, parity=settings.parity,
-                stopbits=settings.stopbits, bytesize=8, timeout=settings.timeout_s, retries=0,
-                reconnect_delay=0,
+            link.client = AsyncModbusSerialClient(
+                s.device, baudrate=s.baudrate, parity=s.parity, stopbits=s.stopbits, bytesize=8,
+                timeout=s.timeout_s, retries=0, trace_packet=link.trace, reconnect_delay=0,
             )
-            # RS-485 is half duplex: exactly one request on the line at a time
-            self._gate = asyncio.Semaphore(1)
-        self._connect_lock = asyncio.Lock()
+        return link
 
-    async def _ensure_connected(self) -> None:
-        if self.client.connected:
-            return
-        async with self._connect_lock:
-            if self.client.connected:
-                return
-            ok = await self.client.connect()
-            if not ok:
-                where = f"{self.settings.host}:{self.settings.port}" if self.settings.kind == "tcp" else self.settings.device
-                raise PollError("connection_refused" if self.settings.kind == "tcp" else "serial_unavailable",
-                                f"cannot connect to {where}")
+    def where(self) -> str:
+        s = self.settings
+        return f"{s.host}:{s.port}" if s.kind == "tcp" else s.device
 
     async def read_block(self, unit_id: int, block: Block) -> np.ndarray:
-        async with self._gate:
-            await self._ensure_connected()
-            try:
-                if block.function == "input":
-                    rr = await self.client.read_input_registers(block.address, count=block.count, device_id=unit_id)
-                elif block.function == "holding":
-                    rr = await self.client.read_holding_registers(block.address, count=block.count, device_id=unit_id)
-                elif block.function == "coil":
-                    rr = await self.client.read_coils(block.address, count=block.count, device_id=unit_id)
-                else:
-                    rr = await self.client.read_discrete_inputs(block.address, count=block.count, device_id=unit_id)
-            except ModbusIOException as e:
-                raise PollError("timeout", str(e)) from None
-            except ConnectionException as e:
-                raise PollError("connection_lost", str(e)) from None
-            except ModbusException as e:
-                raise PollError("protocol_error", str(e)) from None
-            except asyncio.TimeoutError:
-                raise PollError("timeout", f"no answer within {self.settings.timeout_s}s") from None
+        link = await self._idle.get()
+        try:
+            if self._host_gate is not None:
+                async with self._host_gate:
+                    rr = await self._request(link, unit_id, block)
+            else:
+                rr = await self._request(link, unit_id, block)
+        finally:
+            self._idle.put_nowait(link)
         if rr.isError():
             code = getattr(rr, "exception_code", 0)
             raise PollError("modbus_exception", f"exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')}) "
                             f"reading {block.function} {block.address}+{block.count}")
         if block.function in ("coil", "discrete"):
-            bits = rr.bits[: block.count]
-            return np.asarray(bits, dtype=np.uint16)
+            return np.asarray(rr.bits[: block.count], dtype=np.uint16)
         regs = rr.registers
         if len(regs) != block.count:
             raise PollError("short_response", f"asked {block.count} registers, got {len(regs)}")
         return np.asarray(regs, dtype=np.uint16)
 
+    async def _connect(self, link: _Link) -> None:
+        if link.client.connected:
+            return
+        ok = await link.client.connect()
+        if not ok:
+            link.client.close()
+            raise PollError("connection_refused" if self.settings.kind == "tcp" else "serial_unavailable",
+                            f"cannot connect to {self.where()}")
+
+    async def _request(self, link: _Link, unit_id: int, block: Block):
+        await self._connect(link)
+        if self.silence_s:
+            wait = link.last_io + self.silence_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        link.rx_bytes = 0
+        self.requests += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        c = link.client
+        try:
+            if block.function == "input":
+                return await c.read_input_registers(block.address, count=block.count, device_id=unit_id)
+            if block.function == "holding":
+                return await c.read_holding_registers(block.address, count=block.count, device_id=unit_id)
+            if block.function == "coil":
+                return await c.read_coils(block.address, count=block.count, device_id=unit_id)
+            return await c.read_discrete_inputs(block.address, count=block.count, device_id=unit_id)
+        except ModbusIOException:
+            if link.rx_bytes and self.settings.kind == "rtu":
+                # pymodbus drops a frame whose CRC does not match and waits on: bytes came, no frame did
+                raise PollError("crc_error", f"{link.rx_bytes} bytes from unit {unit_id} on {self.where()}, "
+                                "no frame with a valid CRC") from None
+            raise PollError("timeout", f"no answer from unit {unit_id} on {self.where()} within "
+                            f"{self.settings.timeout_s:g} s") from None
+        except ConnectionException as e:
+            raise PollError("connection_lost", str(e)) from None
+        except ModbusException as e:
+            raise PollError("protocol_error", str(e)) from None
+        except asyncio.TimeoutError:
+            raise PollError("timeout", f"no answer within {self.settings.timeout_s:g} s") from None
+        except OSError as e:  # the serial adapter was unplugged under us
+            link.client.close()
+            raise PollError("serial_unavailable" if self.settings.kind == "rtu" else "connection_lost",
+                            f"{self.where()}: {e}") from None
+        finally:
+            self.in_flight -= 1
+
     def close(self) -> None:
-        self.client.close()
+        for link in self._links:
+            link.client.close()
 
 
-class ModbusDevicePoller:
-    """Polls one device on a schedule aligned to its interval and emits one batch per poll."""
+class ModbusDevicePoller(PolledDevice):
+    """One Modbus device: its profile's block reads, decoded into one batch per poll."""
+
+    driver = "modbus"
 
     def __init__(
         self,
@@ -143,63 +224,19 @@ class ModbusDevicePoller:
         poll_interval_s: float,
         emit: BatchSink,
         clock_ns: Callable[[], int] = time.time_ns,
+        on_health: HealthListener | None = None,
     ) -> None:
-        self.device_id = device_id
+        super().__init__(device_id, series_ids, poll_interval_s, emit, clock_ns, on_health)
         self.bus = bus
         self.unit_id = unit_id
         self.profile = profile
         self.blocks = plan_blocks(profile.registers, profile.max_block_registers, profile.max_gap)
         self.decoder = ProfileDecoder(profile, self.blocks)
-        self.series_ids = np.asarray(series_ids, dtype=np.int32)
-        self.interval_s = poll_interval_s
-        self.emit = emit
-        self.clock_ns = clock_ns
-        self.health = DeviceHealth(device_id, "modbus")
-        self.failures_in_row = 0
         self.requests = 0
 
-    async def poll_once(self) -> ReadingBatch:
+    async def read_values(self) -> np.ndarray:
         words = []
         for block in self.blocks:
             self.requests += 1
             words.append(await self.bus.read_block(self.unit_id, block))
-        ts = self.clock_ns()  # the moment the last register arrived: when the values were read
-        values = self.decoder.decode(np.concatenate(words) if len(words) > 1 else words[0])
-        return ReadingBatch.from_arrays(self.series_ids, ts, values, QUALITY_GOOD)
-
-    async def run(self) -> None:
-        interval_ns = int(self.interval_s * 1e9)
-        next_ns = (time.time_ns() // interval_ns + 1) * interval_ns  # aligned: polls land on :00, :05, ...
-        while True:
-            await asyncio.sleep(max(0.0, (next_ns - time.time_ns()) / 1e9))
-            try:
-                batch = await self.poll_once()
-            except PollError as e:
-                self._failed(e.kind, e.detail)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # a driver bug must not stop the other devices
-                self._failed("internal_error", repr(e))
-            else:
-                if self.failures_in_row:
-                    log.info("", extra={"event": "device_recovered", "device": self.device_id,
-                                        "after_failures": self.failures_in_row})
-                self.failures_in_row = 0
-                self.health.success(len(batch))
-                self.emit(batch)
-            now = time.time_ns()
-            if self.failures_in_row:
-                # capped exponential backoff with jitter so a dead device costs almost nothing
-                delay = min(BACKOFF_MAX_S, self.interval_s * 2 ** (self.failures_in_row - 1))
-                next_ns = now + int(delay * (0.8 + 0.4 * random.random()) * 1e9)
-            else:
-                next_ns += interval_ns
-                if next_ns <= now:  # fell behind: skip missed slots rather than burst
-                    next_ns = (now // interval_ns + 1) * interval_ns
-
-    def _failed(self, kind: str, detail: str) -> None:
-        self.failures_in_row += 1
-        self.health.failure(kind, detail)
-        if self.failures_in_row == 1 or self.failures_in_row % 10 == 0:  # once per burst, then a reminder
-            log.warning(detail, extra={"event": "poll_failed", "device": self.device_id, "error": kind,
-                                       "failures_in_row": self.failures_in_row})
+        return self.decoder.decode(np.concatenate(words) if len(words) > 1 else words[0])
