@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import random
@@ -425,8 +426,15 @@ def main(argv: list[str] | None = None) -> None:
     where.add_argument("--serial", help="serial device path (e.g. a socat pty link)")
     where.add_argument("--tcp", help="HOST:PORT to listen on, like a transparent converter")
     ap.add_argument("--address", action="append", default=None, help="12-digit meter address (repeatable)")
+    ap.add_argument("--served-log", help="append every value put on the wire to this JSONL file")
     args = ap.parse_args(argv)
-    meters = [SimMeter(a, demo_values(seed=i)) for i, a in enumerate(args.address or ["000000000001"])]
+    log_file = open(args.served_log, "a", buffering=1, encoding="utf-8") if args.served_log else None
+
+    def served(record: dict) -> None:
+        log_file.write(json.dumps(record) + "\n")
+
+    meters = [SimMeter(a, demo_values(seed=i), served_log=served if log_file else None)
+              for i, a in enumerate(args.address or ["000000000001"])]
     if args.serial:
         asyncio.run(serve_serial(args.serial, meters))
     else:

@@ -14,18 +14,27 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 def _summary(cfg: GatewayConfig) -> str:
     from drivers.modbus.profile import load_profiles
 
+    from drivers.dlt645.poller import DEFAULT_FIELDS
+
     profiles = load_profiles(list(cfg.gateway.profile_dirs))
-    series = sum(len(profiles[d.profile].registers) for d in cfg.devices)
+
+    def model(d) -> str:
+        return d.profile if d.profile is not None else "dlt645"
+
+    def series_of(d) -> int:
+        return len(profiles[d.profile].registers) if d.profile is not None else len(d.fields or DEFAULT_FIELDS)
+
+    series = sum(series_of(d) for d in cfg.devices)
     lines = [f"site {cfg.gateway.site!r}, gateway {cfg.gateway.name!r}: configuration OK"]
     lines.append(f"buses ({len(cfg.buses)}):")
     for b in cfg.buses:
-        where = f"{b.host}:{b.port}" if b.type == "modbus_tcp" else f"{b.device} {b.baudrate} {b.parity}{b.stopbits}"
+        where = f"{b.host}:{b.port}" if hasattr(b, "host") else f"{b.device} {b.baudrate} {b.parity}{b.stopbits}"
         n = sum(1 for d in cfg.devices if d.bus == b.name)
-        lines.append(f"  {b.name:<20} {b.type:<11} {where:<28} {n} device(s)")
-    by_profile: dict[str, int] = {}
+        lines.append(f"  {b.name:<20} {b.type:<13} {where:<28} {n} device(s)")
+    by_model: dict[str, int] = {}
     for d in cfg.devices:
-        by_profile[d.profile] = by_profile.get(d.profile, 0) + 1
-    lines.append(f"devices ({len(cfg.devices)} polled): " + ", ".join(f"{n} x {p}" for p, n in sorted(by_profile.items())))
+        by_model[model(d)] = by_model.get(model(d), 0) + 1
+    lines.append(f"devices ({len(cfg.devices)} polled): " + ", ".join(f"{n} x {p}" for p, n in sorted(by_model.items())))
     lines.append(f"series polled: {series}")
     if cfg.mqtt is not None:
         lines.append(f"mqtt: {cfg.mqtt.host}:{cfg.mqtt.port} as {cfg.mqtt.client_id!r}"
@@ -34,7 +43,7 @@ def _summary(cfg: GatewayConfig) -> str:
             lines.append(f"  {s.topic} -> {s.decoder} (QoS {s.qos})")
     lines.append(f"sinks ({len(cfg.sinks)}):")
     for s in cfg.sinks:
-        lines.append(f"  {s.name:<20} {s.type:<11} {s.url} db={s.database}")
+        lines.append(f"  {s.name:<20} {s.type:<11} {s.target()}")
     return "\n".join(lines)
 
 
@@ -103,7 +112,61 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def outbox_report(name: str, sink_type: str, target: str, path: Path, st, file_bytes: tuple[int, int],
+                  fsync: str, now_ns: int) -> tuple[str, dict]:
+    """The human-readable status of one sink's outbox and the same figures as a dict (--json)."""
+    c = st.counters
+    age_s = (now_ns - st.oldest_created_ns) / 1e9 if st.oldest_created_ns else None
+    rate = st.drain_rate(now_ns)
+    last = c.get("last_delivery_ns", 0)
+    doc = {
+        "sink": name, "type": sink_type, "target": target, "path": str(path), "fsync": fsync,
+        "queued_batches": st.batches, "queued_points": st.points, "queued_bytes": st.bytes,
+        "max_outbox_bytes": st.max_bytes, "oldest_age_s": None if age_s is None else round(age_s, 3),
+        "drain_rate_points_per_s": round(rate, 1), "delivered_points": c.get("delivered_points", 0),
+        "last_delivery_age_s": round((now_ns - last) / 1e9, 1) if last else None,
+        "dropped_points": c.get("dropped_points", 0), "dropped_batches": c.get("dropped_batches", 0),
+        "disk_full_events": c.get("disk_full_events", 0),
+        "dead_letters": st.dead_letters, "dead_letter_points": st.dead_letter_points,
+        "dead_letters_pruned_points": c.get("dead_letters_pruned_points", 0),
+        "file_bytes": file_bytes[0], "wal_bytes": file_bytes[1],
+    }
+    share = 100.0 * (st.bytes + st.dead_letter_bytes) / st.max_bytes if st.max_bytes else 0.0
+    since = f", last {_age(doc['last_delivery_age_s'])} ago" if last else ", nothing delivered yet"
+    text = "\n".join([
+        f"{name} ({sink_type} {target})",
+        f"  queued        {st.batches} batches, {st.points} points, {_size(st.bytes)} "
+        f"({share:.1f} % of the {_size(st.max_bytes)} bound)",
+        f"  oldest        {_age(age_s) if age_s is not None else '-'}",
+        f"  drain rate    {rate:.1f} points/s over the last 30-60 s; {doc['delivered_points']} points delivered in total{since}",
+        f"  dropped       {doc['dropped_points']} points ({doc['dropped_batches']} batches) to stay within the bound; "
+        f"disk full {doc['disk_full_events']} times",
+        f"  dead letters  {st.dead_letters} lines, {st.dead_letter_points} points (cgw outbox deadletter)"
+        + (f"; {doc['dead_letters_pruned_points']} older points pruned" if doc["dead_letters_pruned_points"] else ""),
+        f"  file          {path} ({_size(file_bytes[0])} + WAL {_size(file_bytes[1])}), fsync={fsync}",
+    ])
+    return text, doc
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
+    import json
+    import sqlite3
     import time
 
     from gateway.sinks.outbox import Outbox
@@ -112,21 +175,48 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     if cfg is None:
         return 1
     data_dir = Path(args.data_dir or cfg.gateway.data_dir)
+    docs = []
     for s in cfg.sinks:
+        if args.sink and s.name != args.sink:
+            continue
         path = data_dir / f"outbox-{s.name}.sqlite3"
         if not path.exists():
-            print(f"{s.name}: no outbox yet at {path}")
+            if args.json:
+                docs.append({"sink": s.name, "path": str(path), "missing": True})
+            else:
+                print(f"{s.name}: no outbox yet at {path}")
             continue
-        ob = Outbox(path)
-        st = ob.stats()
-        if args.action == "status":
-            age = f"{(time.time_ns() - st.oldest_created_ns) / 1e9:.1f}s" if st.oldest_created_ns else "-"
-            print(f"{s.name}: {st.batches} batches, {st.points} points, {st.bytes} bytes queued; "
-                  f"oldest {age}; {st.dead_letters} dead letters ({path})")
-        else:
-            for row_id, failed_ns, points, reason, _ in ob.dead_letters():
-                print(f"{s.name} #{row_id} failed_ns={failed_ns} points={points}: {reason}")
-        ob.close()
+        try:
+            # read-only: safe next to a running gateway, which keeps writing meanwhile
+            ob = Outbox(path, fsync=s.fsync, max_bytes=s.max_outbox_bytes, read_only=True)
+        except sqlite3.Error as e:
+            print(f"{s.name}: cannot open {path}: {e}", file=sys.stderr)
+            return 1
+        try:
+            if args.action == "status":
+                text, doc = outbox_report(s.name, s.type, s.target(), path, ob.stats(), ob.file_bytes(), s.fsync,
+                                          time.time_ns())
+                if args.json:
+                    docs.append(doc)
+                else:
+                    print(text)
+            else:
+                for d in ob.dead_letters(limit=args.limit):
+                    failed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d.failed_ns / 1e9))
+                    lines = d.text().splitlines()
+                    if args.json:
+                        docs.append({"sink": s.name, "id": d.id, "failed_ns": d.failed_ns, "created_ns": d.created_ns,
+                                     "points": d.points, "reason": d.reason, "lines": lines})
+                        continue
+                    print(f"{s.name} #{d.id} {failed} points={d.points} reason: {d.reason}")
+                    for line in lines[:args.show_lines]:
+                        print(f"    {line[:300]}")
+                    if len(lines) > args.show_lines:
+                        print(f"    ... {len(lines) - args.show_lines} more lines")
+        finally:
+            ob.close()
+    if args.json:
+        print(json.dumps(docs, indent=2))
     return 0
 
 
@@ -164,9 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_profiles)
 
     o = sub.add_parser("outbox", help="inspect the on-disk outbox of each sink")
-    o.add_argument("action", choices=["status", "deadletter"])
+    o.add_argument("action", choices=["status", "deadletter"],
+                   help="status: depth, oldest age, drain rate, drops; deadletter: lines the server refused, with its reason")
     o.add_argument("-c", "--config", required=True, type=Path)
     o.add_argument("--data-dir", type=Path)
+    o.add_argument("--sink", help="only this sink")
+    o.add_argument("--json", action="store_true", help="machine-readable output")
+    o.add_argument("--limit", type=int, default=None, help="deadletter: at most this many entries")
+    o.add_argument("--show-lines", type=int, default=3, help="deadletter: lines shown per entry")
     o.set_defaults(func=cmd_outbox)
 
     from firmware_sim.cli import build_parser as sim_parser

@@ -29,6 +29,9 @@ class GatewaySection(_Strict):
     status_interval_s: PositiveSeconds = 10.0
     profile_dirs: list[Path] = []
     data_dir: Path = Path("/var/lib/community-gateway")
+    # requests in flight to one Modbus TCP host, over every port (bus) on it: small converters and
+    # meters accept only a few connections, and answer slower, not faster, when hammered
+    modbus_tcp_per_host: Annotated[int, Field(ge=1, le=64)] = 8
 
 
 class ModbusTcpBus(_Strict):
@@ -50,8 +53,32 @@ class ModbusRtuBus(_Strict):
     timeout_s: PositiveSeconds = 0.5
 
 
-Bus = Annotated[Union[ModbusTcpBus, ModbusRtuBus], Field(discriminator="type")]
-BUS_TYPES = ("modbus_tcp", "modbus_rtu")
+class Dlt645SerialBus(_Strict):
+    """An RS-485 line of DL/T 645-2007 meters (2400 8E1 is what Chinese meters ship with)."""
+
+    type: Literal["dlt645_serial"]
+    name: Name
+    device: str = Field(min_length=1, description="serial device, e.g. /dev/ttyUSB1")
+    baudrate: Literal[1200, 2400, 4800, 9600] = 2400
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    timeout_s: PositiveSeconds = 1.0
+
+
+class Dlt645TcpBus(_Strict):
+    """DL/T 645-2007 meters behind an RS-485-to-Ethernet converter in transparent mode."""
+
+    type: Literal["dlt645_tcp"]
+    name: Name
+    host: str = Field(min_length=1)
+    port: Port
+    timeout_s: PositiveSeconds = 1.5
+
+
+Bus = Annotated[Union[ModbusTcpBus, ModbusRtuBus, Dlt645SerialBus, Dlt645TcpBus], Field(discriminator="type")]
+BUS_TYPES = ("modbus_tcp", "modbus_rtu", "dlt645_serial", "dlt645_tcp")
+MODBUS_BUS_TYPES = ("modbus_tcp", "modbus_rtu")
+DLT645_BUS_TYPES = ("dlt645_serial", "dlt645_tcp")
 
 
 class TlsSettings(_Strict):
@@ -71,37 +98,174 @@ class MqttSection(_Strict):
     tls: TlsSettings | None = None
 
 
+JsonPath = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[^.\s]+(\.[^.\s]+)*$",
+                                description="dot-separated keys; a numeric part indexes an array")]
+DecoderName = Literal["chirpstack_parking", "json", "people_counter", "elevator"]
+_FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class JsonField(_Strict):
+    path: JsonPath
+    scale: _FiniteFloat = 1.0
+    unit: str | None = Field(None, description="if given, must be the schema's unit (a typo or kW vs W is caught)")
+    min: _FiniteFloat | None = None
+    max: _FiniteFloat | None = None
+
+
+class JsonMappingSettings(_Strict):
+    """Where the generic ``json`` decoder finds things; cross-checked against pipelines.schema."""
+
+    measurement: Name
+    device_from_topic: Annotated[int, Field(ge=0, le=63)] | None = None
+    device_path: JsonPath | None = None
+    tags: dict[str, Annotated[str, Field(min_length=1, max_length=256)]] = {}
+    tag_paths: dict[str, JsonPath] = {}
+    fields: dict[str, JsonField] = Field(min_length=1)
+    time_path: JsonPath | None = None
+    time_format: Literal["rfc3339", "epoch_s", "epoch_ms", "epoch_ns"] | None = None
+
+
 class Subscription(_Strict):
     topic: str = Field(min_length=1)
-    decoder: Literal["chirpstack_parking"]
+    decoder: DecoderName
     qos: Literal[0, 1] = 1
+    # device clocks: see drivers.mqtt.decoded.ClockWindow for why these defaults
+    max_ahead_s: PositiveSeconds = 600.0
+    max_behind_s: Annotated[float, Field(gt=0, le=30 * 86400)] = 86400.0
+    mapping: JsonMappingSettings | None = None
 
 
-class ModbusDevice(_Strict):
+def check_subscriptions(data: dict) -> list[ConfigIssue]:
+    """What a subscription's decoder needs beyond types: a json mapping that fits the schema.
+
+    On the raw document, like check_references, so each problem names the key the user wrote
+    (``subscriptions[0].mapping.fields.sped``) and all are reported in one pass.
+    """
+    from pipelines.schema import MEASUREMENTS
+
+    issues: list[ConfigIssue] = []
+    subs = data.get("subscriptions")
+    for i, sub in enumerate(subs if isinstance(subs, list) else []):
+        if not isinstance(sub, dict):
+            continue
+        at = f"subscriptions[{i}]"
+        mapping = sub.get("mapping")
+        if sub.get("decoder") != "json":
+            if mapping is not None:
+                issues.append(ConfigIssue(f"{at}.mapping", "only the json decoder takes a mapping"))
+            continue
+        if not isinstance(mapping, dict):
+            issues.append(ConfigIssue(f"{at}.mapping", "the json decoder needs a [subscriptions.mapping] table"))
+            continue
+        at += ".mapping"
+        sources = [k for k in ("device_from_topic", "device_path") if k in mapping]
+        if len(sources) != 1:
+            issues.append(ConfigIssue(at, "give exactly one of device_from_topic or device_path "
+                                          f"(found {len(sources)})"))
+        level = mapping.get("device_from_topic")
+        topic = sub.get("topic")
+        if isinstance(level, int) and isinstance(topic, str):
+            levels = topic.split("/")
+            if "#" not in levels[: level + 1] and level >= len(levels):
+                issues.append(ConfigIssue(f"{at}.device_from_topic",
+                                          f"topic {topic!r} has {len(levels)} levels (0..{len(levels) - 1})"))
+        if "time_format" in mapping and "time_path" not in mapping:
+            issues.append(ConfigIssue(f"{at}.time_format", "time_format needs a time_path"))
+        meas = MEASUREMENTS.get(mapping.get("measurement")) if isinstance(mapping.get("measurement"), str) else None
+        if meas is None or meas.name == "device_health":
+            if isinstance(mapping.get("measurement"), str):
+                known = ", ".join(sorted(m for m in MEASUREMENTS if m != "device_health"))
+                issues.append(ConfigIssue(f"{at}.measurement",
+                                          f"unknown measurement {mapping['measurement']!r} (known: {known})"))
+            continue
+        settable = [t for t in meas.tags if t not in ("site", "device")]  # the gateway sets those two
+        for section in ("tags", "tag_paths"):
+            table = mapping.get(section)
+            for tag in table if isinstance(table, dict) else {}:
+                if tag not in settable:
+                    issues.append(ConfigIssue(f"{at}.{section}.{tag}", f"measurement {meas.name!r} has no tag "
+                                              f"{tag!r} the mapping may set (settable: {', '.join(settable) or 'none'})"))
+                elif section == "tag_paths" and isinstance(mapping.get("tags"), dict) and tag in mapping["tags"]:
+                    issues.append(ConfigIssue(f"{at}.tag_paths.{tag}", "tag is also given in tags"))
+        fields = mapping.get("fields")
+        for name, spec in fields.items() if isinstance(fields, dict) else ():
+            if name not in meas.fields:
+                issues.append(ConfigIssue(f"{at}.fields.{name}", f"measurement {meas.name!r} has no field {name!r} "
+                                          f"(fields: {', '.join(meas.fields)})"))
+                continue
+            unit = spec.get("unit") if isinstance(spec, dict) else None
+            if isinstance(unit, str) and unit != meas.fields[name].unit:
+                issues.append(ConfigIssue(f"{at}.fields.{name}.unit", f"unit {unit!r} differs from the schema's "
+                                          f"{meas.fields[name].unit!r}; convert with scale"))
+            if isinstance(spec, dict) and isinstance(spec.get("min"), (int, float)) and \
+                    isinstance(spec.get("max"), (int, float)) and spec["min"] > spec["max"]:
+                issues.append(ConfigIssue(f"{at}.fields.{name}.max", "max is below min"))
+    return issues
+
+
+class Device(_Strict):
+    """A polled device. Modbus devices name a ``profile`` (and ``unit_id``); DL/T 645 meters an ``address``."""
+
     id: Name
     bus: Name
     unit_id: Annotated[int, Field(ge=0, le=247)] = 1
-    profile: Name
+    profile: Name | None = None
+    address: Annotated[str, Field(pattern=r"^[0-9]{12}$")] | None = None
+    fields: list[str] | None = None  # DL/T 645: energy_meter fields to read (default: a three-phase set)
     building: Name | None = None
     poll_interval_s: Annotated[float, Field(ge=0.1, le=86400)] = 5.0
 
 
-class InfluxDB1Sink(_Strict):
-    type: Literal["influxdb1"]
+FsyncPolicy = Literal["batch", "normal", "off"]
+
+
+class _OutboxSinkSettings(_Strict):
+    """Keys every sink has: how readings are batched, bounded on disk and sent (docs/data-path.md)."""
+
     name: Name
+    timeout_s: PositiveSeconds = 10.0
+    batch_max_points: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
+    batch_max_age_s: PositiveSeconds = 1.0
+    # one request carries several queued batches up to this many compressed bytes when catching up
+    max_request_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 4 << 20
+    # compressed line protocol kept on disk for this sink; past it the oldest batches are dropped
+    max_outbox_bytes: Annotated[int, Field(ge=64 << 10)] = 512 << 20
+    # batch: fsync every commit (survives power loss); normal: survives a crash of the gateway, may
+    # lose the last commits on power loss; off: leaves flushing to the OS
+    fsync: FsyncPolicy = "normal"
+    # one request at a time keeps delivery and deletion in queue order (see docs/data-path.md)
+    max_in_flight: Literal[1] = 1
+    retry_max_s: Annotated[float, Field(ge=0.5, le=3600)] = 30.0
+
+
+class InfluxDB1Sink(_OutboxSinkSettings):
+    type: Literal["influxdb1"]
     url: str = Field(pattern=r"^https?://")
     database: Name
     retention_policy: str | None = None
     username: str | None = None
     password: str | None = None
-    timeout_s: PositiveSeconds = 10.0
-    batch_max_points: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
-    batch_max_age_s: PositiveSeconds = 1.0
     create_database: bool = True
 
+    def target(self) -> str:
+        return f"{self.url} db={self.database}"
 
-Sink = Annotated[Union[InfluxDB1Sink], Field(discriminator="type")]
-SINK_TYPES = ("influxdb1",)
+
+class InfluxDB2Sink(_OutboxSinkSettings):
+    """InfluxDB 2.x / 3.x (and anything speaking its /api/v2/write, like VictoriaMetrics)."""
+
+    type: Literal["influxdb2"]
+    url: str = Field(pattern=r"^https?://")
+    org: str = Field(min_length=1)
+    bucket: str = Field(min_length=1)
+    token: str | None = None
+
+    def target(self) -> str:
+        return f"{self.url} org={self.org} bucket={self.bucket}"
+
+
+Sink = Annotated[Union[InfluxDB1Sink, InfluxDB2Sink], Field(discriminator="type")]
+SINK_TYPES = ("influxdb1", "influxdb2")
 
 
 class Building(_Strict):
@@ -114,7 +278,7 @@ class GatewayConfig(_Strict):
     buses: list[Bus] = []
     mqtt: MqttSection | None = None
     subscriptions: list[Subscription] = []
-    devices: list[ModbusDevice] = []
+    devices: list[Device] = []
     buildings: list[Building] = []
     sinks: list[Sink] = Field(min_length=1)
 
@@ -190,6 +354,7 @@ def check_references(data: dict, known_profiles: set[str]) -> list[ConfigIssue]:
         return seen
 
     bus_names = unique("buses", "name")
+    bus_type = {t.get("name"): t.get("type") for _, t in tables("buses")}
     unique("devices", "id")
     unique("sinks", "name")
     building_ids = unique("buildings", "id")
@@ -200,14 +365,39 @@ def check_references(data: dict, known_profiles: set[str]) -> list[ConfigIssue]:
             declared = ", ".join(sorted(map(str, bus_names))) or "none"
             issues.append(ConfigIssue(f"devices[{i}].bus", f"bus {bus!r} is not declared in [[buses]] (declared: {declared})"))
         profile = d.get("profile")
+        kind = bus_type.get(bus) if isinstance(bus, str) else None
+        if kind in MODBUS_BUS_TYPES:
+            if profile is None:
+                issues.append(ConfigIssue(f"devices[{i}].profile", f"a device on Modbus bus {bus!r} needs a profile "
+                                          f"(known: {', '.join(sorted(known_profiles))})"))
+            for key in ("address", "fields"):
+                if key in d:
+                    issues.append(ConfigIssue(f"devices[{i}].{key}", f"{key!r} is for DL/T 645 meters; bus {bus!r} is {kind}"))
+        elif kind in DLT645_BUS_TYPES:
+            if "address" not in d:
+                issues.append(ConfigIssue(f"devices[{i}].address", f"a meter on DL/T 645 bus {bus!r} needs its 12-digit address"))
+            for key in ("profile", "unit_id"):
+                if key in d:
+                    issues.append(ConfigIssue(f"devices[{i}].{key}", f"{key!r} is for Modbus devices; bus {bus!r} is {kind}"))
+            fields = d.get("fields")
+            if isinstance(fields, list):
+                from drivers.dlt645.identifiers import BY_FIELD  # deferred: the table is the driver's
+
+                for k, f in enumerate(fields):
+                    if f not in BY_FIELD:
+                        issues.append(ConfigIssue(f"devices[{i}].fields[{k}]", f"no DL/T 645 identifier feeds field "
+                                                  f"{f!r} (known: {', '.join(sorted(BY_FIELD))})"))
         if isinstance(profile, str) and profile not in known_profiles:
             issues.append(ConfigIssue(f"devices[{i}].profile", f"unknown profile {profile!r} (known: {', '.join(sorted(known_profiles))})"))
         building = d.get("building")
         if isinstance(building, str) and building_ids and building not in building_ids:
             issues.append(ConfigIssue(f"devices[{i}].building", f"building {building!r} is not declared in [[buildings]]"))
-        key = (bus, d.get("unit_id", 1))
-        if key in units_on_bus:
-            issues.append(ConfigIssue(f"devices[{i}].unit_id", f"unit id {key[1]} on bus {bus!r} is already used by devices[{units_on_bus[key]}]"))
+        if kind in DLT645_BUS_TYPES:
+            key, what, where = (bus, "address", d.get("address")), "address", "address"
+        else:
+            key, what, where = (bus, "unit", d.get("unit_id", 1)), "unit id", "unit_id"
+        if key[2] is not None and key in units_on_bus:
+            issues.append(ConfigIssue(f"devices[{i}].{where}", f"{what} {key[2]} on bus {bus!r} is already used by devices[{units_on_bus[key]}]"))
         else:
             units_on_bus[key] = i
     if data.get("subscriptions") and "mqtt" not in data:
@@ -241,6 +431,7 @@ def parse_config(text: str, source: str = "<config>", known_profiles: set[str] |
     if known_profiles is None:
         known_profiles = _known_profiles(data)
     issues.extend(check_references(data, known_profiles))
+    issues.extend(check_subscriptions(data))
     if issues or cfg is None:
         raise ConfigError(source, issues)
     return cfg

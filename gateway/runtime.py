@@ -5,19 +5,29 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+from paho.mqtt.client import topic_matches_sub
 
-from drivers.base import Ack
-from drivers.modbus.poller import BusSettings, ModbusBus, ModbusDevicePoller
+from drivers.base import Ack, DeviceHealth
+from drivers.dlt645.client import Dlt645Client, SerialTransport
+from drivers.dlt645.poller import DEFAULT_FIELDS, Dlt645DevicePoller, line_client
+from drivers.modbus.poller import BusSettings, HostLimits, ModbusBus, ModbusDevicePoller
 from drivers.modbus.profile import DeviceProfile, load_profiles
 from drivers.mqtt.chirpstack import decode_parking_uplink
 from drivers.mqtt.client import MqttSettings, MqttSubscriber
-from gateway.config import GatewayConfig, InfluxDB1Sink, ModbusTcpBus
+from drivers.mqtt.decoded import ClockWindow, Decoder, DecodeResult
+from drivers.mqtt.elevator import ElevatorDecoder
+from drivers.mqtt.json_mapping import FieldSpec, JsonDecoder, JsonMapping
+from drivers.mqtt.people_counter import PeopleCounterDecoder
+from drivers.polling import ERROR_KINDS, PolledDevice
+from gateway.config import Dlt645SerialBus, Dlt645TcpBus, GatewayConfig, InfluxDB1Sink, InfluxDB2Sink, ModbusTcpBus, Subscription
 from gateway.logs import BurstLogger, log_event
 from gateway.pipeline import Pipeline
-from gateway.sinks.influxdb import AckGroup, InfluxV1Writer, OutboxSink
+from gateway.sinks.influxdb import AckGroup, InfluxV1Writer, InfluxV2Writer, OutboxSink, Writer
 from gateway.sinks.line_protocol import LineProtocolEncoder
 from gateway.sinks.outbox import Outbox
 from pipelines.batch import QUALITY_GOOD, ReadingBatch
@@ -25,7 +35,29 @@ from pipelines.series import SeriesRegistry
 
 log = logging.getLogger("gateway")
 
-DECODERS = {"chirpstack_parking": decode_parking_uplink}
+MQTT_SILENT_AFTER_S = 15 * 60  # an MQTT device counts as online while it sent a good message this recently
+
+
+def _clock(s: Subscription) -> ClockWindow:
+    return ClockWindow(s.max_ahead_s, s.max_behind_s)
+
+
+def _json_decoder(s: Subscription) -> JsonDecoder:
+    m = s.mapping
+    assert m is not None, "gateway.config.check_subscriptions requires a mapping for the json decoder"
+    fields = {name: FieldSpec(f.path, f.scale, f.min, f.max) for name, f in m.fields.items()}
+    return JsonDecoder(JsonMapping(m.measurement, fields, m.device_from_topic, m.device_path, dict(m.tags),
+                                   dict(m.tag_paths), m.time_path, m.time_format or "rfc3339"), _clock(s))
+
+
+# A factory per decoder name: every subscription gets its own instance, so the stateful decoders
+# (counter baselines, active alarms) keep their state per subscription.
+DECODERS: dict[str, Callable[[Subscription], Decoder]] = {
+    "chirpstack_parking": lambda s: partial(decode_parking_uplink, clock=_clock(s)),
+    "json": _json_decoder,
+    "people_counter": lambda s: PeopleCounterDecoder(_clock(s)),
+    "elevator": lambda s: ElevatorDecoder(_clock(s)),
+}
 
 
 class Gateway:
@@ -41,8 +73,9 @@ class Gateway:
         self.decode_drops: Counter[tuple[str, str]] = Counter()
         self._burst = BurstLogger(log)
         self.sinks = [self._make_sink(s) for s in cfg.sinks]
-        self.buses = {b.name: self._make_bus(b) for b in cfg.buses}
-        self.pollers = [self._make_poller(d) for d in cfg.devices]
+        self.host_limits = HostLimits(cfg.gateway.modbus_tcp_per_host)
+        self.buses: dict[str, ModbusBus | Dlt645Client] = {b.name: self._make_bus(b) for b in cfg.buses}
+        self.pollers: list[PolledDevice] = [self._make_poller(d) for d in cfg.devices]
         self.mqtt: MqttSubscriber | None = None
         self.mqtt_devices: dict[str, float] = {}  # device -> monotonic time of last good message
         if cfg.mqtt is not None and cfg.subscriptions:
@@ -57,43 +90,62 @@ class Gateway:
                 [(s.topic, s.qos) for s in cfg.subscriptions],
                 self._on_mqtt_message,
             )
-        self._decoder_for = [(s.topic, DECODERS[s.decoder]) for s in cfg.subscriptions]
+        self._decoder_for = [(s.topic, DECODERS[s.decoder](s)) for s in cfg.subscriptions]
+        self._drops_logged: Counter[str] = Counter()  # per device: decode problems already in a status log
 
     # construction ----------------------------------------------------------------------------
-    def _make_sink(self, s: InfluxDB1Sink) -> OutboxSink:
-        writer = InfluxV1Writer(s.url, s.database, s.retention_policy, s.username, s.password, s.timeout_s)
-        outbox = Outbox(self.data_dir / f"outbox-{s.name}.sqlite3")
-        sink = OutboxSink(s.name, writer, outbox, s.batch_max_points, s.batch_max_age_s)
-        sink.create_database = s.create_database  # type: ignore[attr-defined]
-        return sink
+    def _make_sink(self, s: InfluxDB1Sink | InfluxDB2Sink) -> OutboxSink:
+        """One outbox file, queue and sender per sink: a sink that is down never holds up another."""
+        writer: Writer
+        if isinstance(s, InfluxDB2Sink):
+            writer = InfluxV2Writer(s.url, s.org, s.bucket, s.token, s.timeout_s)
+        else:
+            writer = InfluxV1Writer(s.url, s.database, s.retention_policy, s.username, s.password, s.timeout_s)
+        outbox = Outbox(self.data_dir / f"outbox-{s.name}.sqlite3", fsync=s.fsync, max_bytes=s.max_outbox_bytes)
+        return OutboxSink(s.name, writer, outbox, s.batch_max_points, s.batch_max_age_s,
+                          max_request_bytes=s.max_request_bytes, retry_max_s=s.retry_max_s,
+                          create_database=isinstance(s, InfluxDB1Sink) and s.create_database)
 
-    def _make_bus(self, b) -> ModbusBus:
+    def _make_bus(self, b) -> ModbusBus | Dlt645Client:
         if isinstance(b, ModbusTcpBus):
             return ModbusBus(BusSettings(b.name, "tcp", host=b.host, port=b.port, timeout_s=b.timeout_s,
-                                         max_parallel=b.max_parallel))
+                                         max_parallel=b.max_parallel), self.host_limits)
+        if isinstance(b, Dlt645SerialBus):
+            return line_client("serial", device=b.device, baudrate=b.baudrate, parity=b.parity,
+                               stopbits=b.stopbits, timeout_s=b.timeout_s)
+        if isinstance(b, Dlt645TcpBus):
+            return line_client("tcp", host=b.host, port=b.port, timeout_s=b.timeout_s)
         return ModbusBus(BusSettings(b.name, "rtu", device=b.device, baudrate=b.baudrate, parity=b.parity,
                                      stopbits=b.stopbits, timeout_s=b.timeout_s))
 
-    def _make_poller(self, d) -> ModbusDevicePoller:
+    def _make_poller(self, d) -> PolledDevice:
+        bus = self.buses[d.bus]
+        if isinstance(bus, Dlt645Client):
+            fields = tuple(d.fields or DEFAULT_FIELDS)
+            tags = {"site": self.site, "building": d.building, "device": d.id, "model": "dlt645"}
+            ids = np.array([self.registry.register("energy_meter", tags, f) for f in fields], dtype=np.int32)
+            return Dlt645DevicePoller(d.id, bus, d.address, fields, ids, d.poll_interval_s, self.accept,
+                                      on_health=self._health_changed,
+                                      serial=isinstance(bus.transport, SerialTransport))
         profile = self.profiles[d.profile]
         tags = {"site": self.site, "building": d.building, "device": d.id, "model": profile.model}
         ids = np.array([self.registry.register(profile.measurement, tags, r.field) for r in profile.registers],
                        dtype=np.int32)
-        return ModbusDevicePoller(d.id, self.buses[d.bus], d.unit_id, profile, ids, d.poll_interval_s, self.accept)
+        return ModbusDevicePoller(d.id, bus, d.unit_id, profile, ids, d.poll_interval_s, self.accept,
+                                  on_health=self._health_changed)
 
     # data path -------------------------------------------------------------------------------
     def accept(self, batch: ReadingBatch, ack: Ack | None = None) -> None:
         """Every driver's batches come through here: pipeline, encode once, hand to each sink."""
-        self.readings_in += len(batch)
         batch = self.pipeline.process(batch)
+        self.readings_in += len(batch)  # values kept: stale marks and dropped values are counted apart
         lp, n = self.encoder.encode(batch)
         group = AckGroup([ack], len(self.sinks)) if ack is not None else None
         for sink in self.sinks:
             sink.add(lp, n, group)
 
-    def _decoder(self, topic: str):
-        from paho.mqtt.client import topic_matches_sub
-
+    def _decoder(self, topic: str) -> Decoder | None:
+        """The decoder of the first subscription whose topic filter matches."""
         for pattern, decoder in self._decoder_for:
             if topic_matches_sub(pattern, topic):
                 return decoder
@@ -104,38 +156,81 @@ class Gateway:
         if decoder is None:
             ack()
             return
-        result = decoder(topic, payload, self.site, time.time_ns())
+        batch = None
+        try:
+            result = decoder(topic, payload, self.site, time.time_ns())
+            if result.readings:
+                series, ts, values = [], [], []
+                for r in result.readings:
+                    for field, value in r.fields.items():
+                        series.append(self.registry.register(r.measurement, r.tags, field))
+                        ts.append(r.ts_ns)
+                        values.append(value)
+                batch = ReadingBatch.from_arrays(series, ts, values, QUALITY_GOOD)
+        except Exception as e:  # a decoder bug costs this message, never the subscription or the loop
+            result = DecodeResult(problems=[("decoder_error", f"{type(e).__name__}: {e}"[:300])])
         for reason, detail in result.problems:
             self.decode_drops[(result.device or "unknown", reason)] += 1
             self._burst.log(logging.WARNING, "payload_dropped", (result.device, reason), detail,
                             device=result.device or "unknown", error=reason, topic=topic)
-        if not result.readings:
+        if batch is None:
             ack()  # nothing to keep: acknowledging loses nothing
             return
-        series, ts, values = [], [], []
-        for r in result.readings:
-            for field, value in r.fields.items():
-                series.append(self.registry.register(r.measurement, r.tags, field))
-                ts.append(r.ts_ns)
-                values.append(value)
         self.mqtt_devices[result.device] = time.monotonic()
-        self.accept(ReadingBatch.from_arrays(series, ts, values, QUALITY_GOOD), ack)
+        self.accept(batch, ack)
+
+    def _mqtt_status(self) -> None:
+        """device_health (driver mqtt) of every device heard from, and one log line per device with new drops.
+
+        ``errors`` is the device's cumulative count of decode problems; the log line lists them by
+        reason, so a device sending garbage shows up in the status output without a log line per message.
+        """
+        per_device: dict[str, Counter[str]] = {}
+        for (device, reason), n in self.decode_drops.items():
+            per_device.setdefault(device, Counter())[reason] = n
+        for device, reasons in sorted(per_device.items()):
+            total = sum(reasons.values())
+            if total != self._drops_logged[device]:
+                self._drops_logged[device] = total
+                log_event(log, logging.WARNING, "decode_drops", "", device=device, drops=total,
+                          reasons=",".join(f"{r}:{n}" for r, n in sorted(reasons.items())))
+        horizon = time.monotonic() - MQTT_SILENT_AFTER_S
+        series, values = [], []
+        for device in sorted((set(self.mqtt_devices) | set(per_device)) - {"unknown"}):
+            tags = {"site": self.site, "device": device, "driver": "mqtt"}
+            series += [self.registry.register("device_health", tags, "online"),
+                       self.registry.register("device_health", tags, "errors")]
+            values += [float(self.mqtt_devices.get(device, -1e18) >= horizon),
+                       float(sum(per_device.get(device, {}).values()))]
+        if series:
+            self.accept(ReadingBatch.from_arrays(series, time.time_ns(), values))
 
     # lifecycle -------------------------------------------------------------------------------
     def devices_online(self) -> tuple[int, int]:
         online = sum(p.health.online for p in self.pollers)
-        horizon = time.monotonic() - 15 * 60
+        horizon = time.monotonic() - MQTT_SILENT_AFTER_S
         online_mqtt = sum(1 for t in self.mqtt_devices.values() if t >= horizon)
         return online + online_mqtt, len(self.pollers) + len(self.mqtt_devices)
+
+    def _health_rows(self, health: DeviceHealth) -> tuple[list[int], list[float]]:
+        tags = {"site": self.site, "device": health.device, "driver": health.driver}
+        fields = ("online", "stale", "errors", "error_code")
+        values = (float(health.online), float(not health.online), float(sum(health.errors.values())),
+                  float(0 if health.online else ERROR_KINDS.get(health.last_error, 0)))
+        return [self.registry.register("device_health", tags, f) for f in fields], list(values)
+
+    def _health_changed(self, health: DeviceHealth) -> None:
+        """A poll failed or a device came back: say so now, not at the next status tick."""
+        series, values = self._health_rows(health)
+        self.accept(ReadingBatch.from_arrays(series, time.time_ns(), values))
 
     def _write_health(self) -> None:
         now = time.time_ns()
         series, values = [], []
         for p in self.pollers:
-            tags = {"site": self.site, "device": p.device_id, "driver": "modbus"}
-            series += [self.registry.register("device_health", tags, "online"),
-                       self.registry.register("device_health", tags, "errors")]
-            values += [float(p.health.online), float(sum(p.health.errors.values()))]
+            s, v = self._health_rows(p.health)
+            series += s
+            values += v
         if series:
             self.accept(ReadingBatch.from_arrays(series, now, values))
 
@@ -148,22 +243,19 @@ class Gateway:
             last_n, last_t = self.readings_in, now
             online, total = self.devices_online()
             self._write_health()
+            self._mqtt_status()
             for sink in self.sinks:
                 st = sink.outbox.stats()
                 log_event(log, logging.INFO, "status", "", points_per_s=round(rate, 1),
                           devices_online=online, devices=total, readings_total=self.readings_in,
                           sink=sink.name, delivered=sink.counters.points_delivered,
-                          queued_points=st.points, write_failures=sink.counters.write_failures,
+                          queued_points=st.points, queued_bytes=st.bytes, write_failures=sink.counters.write_failures,
+                          dropped=sink.counters.points_dropped, dead_lettered=sink.counters.points_dead_lettered,
                           query=sink.writer.describe().replace("/write?", "/query?"))
 
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> None:
         for sink in self.sinks:
-            if getattr(sink, "create_database", False):
-                result = await asyncio.to_thread(sink.writer.create_database)
-                if not result.ok:
-                    log_event(log, logging.WARNING, "create_database_failed", result.body[:300],
-                              sink=sink.name, error=f"http_{result.status}" if result.status else "unreachable")
-            sink.start()
+            sink.start()  # each sink creates its database itself, so a server that is down delays nothing
         tasks = [asyncio.create_task(p.run(), name=f"poll-{p.device_id}") for p in self.pollers]
         tasks.append(asyncio.create_task(self._status_loop(self.cfg.gateway.status_interval_s), name="status"))
         if self.mqtt is not None:
@@ -193,7 +285,10 @@ class Gateway:
             await asyncio.sleep(0.2)  # let paho's thread send the PUBACKs before disconnecting
             self.mqtt.stop()
         for bus in self.buses.values():
-            bus.close()
+            if isinstance(bus, Dlt645Client):
+                await bus.close()
+            else:
+                bus.close()
         await asyncio.gather(*(sink.close(drain_timeout_s=3.0) for sink in self.sinks))
         delivered = sum(s.counters.points_delivered for s in self.sinks)
         log_event(log, logging.INFO, "stopped", "", readings_total=self.readings_in, delivered=delivered)

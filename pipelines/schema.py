@@ -78,6 +78,11 @@ PEOPLE_COUNTER = _m(
     Field("out_total", "people", "Cumulative exits as reported by the camera", kind="counter", type="int"),
     Field("in_count", "people", "Entries since the previous report", type="int"),
     Field("out_count", "people", "Exits since the previous report", type="int"),
+    Field("net_count", "people", "Entries minus exits since the previous report", type="int"),
+    Field("net_total", "people", "Entries minus exits since the camera's last counter reset (the day's net flow "
+          "for a daily reset)", type="int"),
+    Field("resets", "", "Counter resets detected since the previous report (daily reset or camera reboot)",
+          type="int"),
 )
 
 ELEVATOR = _m(
@@ -92,6 +97,18 @@ ELEVATOR = _m(
     Field("occupied", "", "1 when someone is in the car", kind="state", type="int"),
     Field("speed", "m/s", "Car speed"),
     Field("run_count", "", "Cumulative trips", kind="counter", type="int"),
+    Field("load", "%", "Car load as a share of the rated load"),
+    Field("mode", "", "0 normal, 1 inspection, 2 maintenance, 3 fire, 4 out of service", kind="state", type="int"),
+    Field("faults_active", "", "Number of faults the monitor reports active", type="int"),
+)
+
+ELEVATOR_ALARM = _m(
+    "elevator_alarm",
+    "Elevator monitors: faults and alarms as they are raised and cleared (code: TRAPPED_BETWEEN_FLOORS, ...)",
+    ("site", "building", "device", "code"),
+    Field("active", "", "1 when the alarm is raised, 0 when it is cleared", kind="state", type="int"),
+    Field("floor", "", "Floor of the car when the alarm changed", kind="state", type="int"),
+    Field("occupied", "", "1 when someone was in the car when the alarm changed", kind="state", type="int"),
 )
 
 DEVICE_HEALTH = _m(
@@ -99,11 +116,14 @@ DEVICE_HEALTH = _m(
     "Per-device link health written by the gateway itself",
     ("site", "device", "driver"),
     Field("online", "", "1 when the last poll or message succeeded", kind="state", type="int"),
+    Field("stale", "", "1 while the device's last values are stale (its last poll failed)", kind="state", type="int"),
     Field("errors", "", "Cumulative errors since the gateway started", kind="counter", type="int"),
+    Field("error_code", "", "Why the last poll failed (drivers.polling.ERROR_KINDS), 0 when online",
+          kind="state", type="int"),
 )
 
 MEASUREMENTS: dict[str, Measurement] = {
-    m.name: m for m in (ENERGY_METER, PARKING_BAY, PEOPLE_COUNTER, ELEVATOR, DEVICE_HEALTH)
+    m.name: m for m in (ENERGY_METER, PARKING_BAY, PEOPLE_COUNTER, ELEVATOR, ELEVATOR_ALARM, DEVICE_HEALTH)
 }
 
 

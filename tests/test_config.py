@@ -56,7 +56,7 @@ def test_valid_config_parses():
         (("unit_id = 1", 'unit_id = "one"'), "devices[0].unit_id: Input should be a valid integer, unable to parse string as an integer"),
         (('profile = "sdm630"', 'profile = "sdm999"'), "devices[0].profile: unknown profile 'sdm999' (known: "),
         (('type = "modbus_tcp"', 'type = "modbus_udp"'),
-         "buses[0]: unknown type 'modbus_udp' (expected one of: 'modbus_tcp', 'modbus_rtu')"),
+         "buses[0]: unknown type 'modbus_udp' (expected one of: 'modbus_tcp', 'modbus_rtu', 'dlt645_serial', 'dlt645_tcp')"),
         (('url = "http://127.0.0.1:8086"', 'url = "127.0.0.1:8086"'), "sinks[0].url: String should match pattern"),
         (('database = "community"', ""), "sinks[0].database: required key is missing"),
     ],
@@ -120,3 +120,60 @@ def test_example_config_is_what_the_demo_scenario_emits(tmp_path):
     assert r.returncode == 0, r.stderr
     shipped = tomllib.loads((REPO / "gateway/examples/demo-community.toml").read_text())
     assert tomllib.loads(out.read_text()) == shipped
+
+
+DLT645 = VALID + """
+[[buses]]
+type = "dlt645_serial"
+name = "rs485-2"
+device = "/dev/ttyUSB1"
+
+[[devices]]
+id = "flat-1"
+bus = "rs485-2"
+address = "000000000101"
+"""
+
+
+def test_dlt645_meters_parse_with_serial_defaults():
+    cfg = parse_config(DLT645)
+    bus = cfg.buses[1]
+    assert (bus.baudrate, bus.parity, bus.stopbits) == (2400, "E", 1)  # what Chinese meters ship with
+    assert cfg.devices[1].address == "000000000101" and cfg.devices[1].profile is None
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (('address = "000000000101"', 'address = "0101"'), "devices[1].address: String should match pattern"),
+        (('address = "000000000101"', ""), "devices[1].address: a meter on DL/T 645 bus 'rs485-2' needs its 12-digit address"),
+        (('address = "000000000101"', 'address = "000000000101"\nprofile = "sdm630"'),
+         "devices[1].profile: 'profile' is for Modbus devices; bus 'rs485-2' is dlt645_serial"),
+        (('address = "000000000101"', 'address = "000000000101"\nfields = ["energy_import", "colour"]'),
+         "devices[1].fields[1]: no DL/T 645 identifier feeds field 'colour'"),
+        (('id = "flat-1"', 'id = "flat-1"\nunit_id = 3'),
+         "devices[1].unit_id: 'unit_id' is for Modbus devices; bus 'rs485-2' is dlt645_serial"),
+        (('device = "/dev/ttyUSB1"', 'device = "/dev/ttyUSB1"\nbaudrate = 19200'), "buses[1].baudrate: Input should be"),
+        (('profile = "sdm630"', 'address = "000000000001"'), "devices[0].profile: a device on Modbus bus 'plant-room' needs a profile"),
+    ],
+)
+def test_dlt645_errors_name_path_and_reason(change, expected):
+    old, new = change
+    assert old in DLT645
+    found = issues_of(DLT645.replace(old, new, 1))
+    assert any(i.startswith(expected) for i in found), found
+
+
+def test_duplicate_dlt645_address_on_one_line():
+    text = DLT645 + '\n[[devices]]\nid = "flat-2"\nbus = "rs485-2"\naddress = "000000000101"\n'
+    assert "devices[2].address: address 000000000101 on bus 'rs485-2' is already used by devices[1]" in issues_of(text)
+
+
+def test_check_config_summarises_dlt645_lines(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text(DLT645)
+    r = run_cli("check-config", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "rs485-2" in r.stdout and "dlt645_serial" in r.stdout and "/dev/ttyUSB1 2400 E1" in r.stdout
+    assert "1 x dlt645, 1 x sdm630" in r.stdout
+    assert "series polled: 29" in r.stdout  # 17 SDM630 registers + 12 default DL/T 645 fields
