@@ -96,7 +96,7 @@ def cmd_profiles(args: argparse.Namespace) -> int:
         return 1
     if args.action == "list":
         for name, p in sorted(profiles.items()):
-            print(f"{name:<12} {p.manufacturer:<10} {len(p.registers):>3} registers  {p.description}")
+            print(f"{name:<17} {p.manufacturer:<10} {len(p.registers):>3} registers  {p.description}")
         return 0
     if args.name not in profiles:
         print(f"unknown profile {args.name!r}; known: {', '.join(sorted(profiles))}", file=sys.stderr)
