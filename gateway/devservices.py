@@ -1,4 +1,4 @@
-"""Private mosquitto and influxd instances for the demo and the tests.
+"""Private mosquitto, influxd and victoria-metrics instances for the demo and the tests.
 
 Each runs from a temp or project directory on a loopback port, never touching a system service,
 and is stopped by whoever started it. A missing binary is an error that says how to install it.
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import getpass
 import subprocess
 import time
 import urllib.request
@@ -19,6 +20,8 @@ INSTALL_HINT = {
     "socat": "apt-get install socat",
     "mbpoll": "apt-get install mbpoll",
     "victoria-metrics": "apt-get install victoria-metrics",
+    "mosquitto_passwd": "apt-get install mosquitto",
+    "openssl": "apt-get install openssl",
 }
 
 
@@ -90,13 +93,19 @@ def _wait(svc: Service, ready, timeout: float) -> Service:
     raise RuntimeError(f"{svc.name} did not answer on {svc.host}:{svc.port} within {timeout}s:\n{svc.log_tail()}")
 
 
-def start_mosquitto(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> Service:
+def start_mosquitto(workdir: Path, port: int | None = None, host: str = "127.0.0.1",
+                    listener_options: str = "", allow_anonymous: bool = True) -> Service:
+    """``listener_options``: lines for the listener (cafile, certfile, password_file, ...), for TLS tests."""
     binary = require_binary("mosquitto")
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
     conf = workdir / "mosquitto.conf"
     conf.write_text(
-        f"listener {port} {host}\nallow_anonymous true\npersistence true\npersistence_location {workdir}/\n"
+        # run as whoever started us: as root, mosquitto would otherwise switch to its own user, who
+        # cannot read a private temp dir (password file, certificates, persistence)
+        f"user {getpass.getuser()}\n"
+        f"listener {port} {host}\n{listener_options}\nallow_anonymous {str(allow_anonymous).lower()}\n"
+        f"persistence true\npersistence_location {workdir}/\n"
         f"autosave_interval 1\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n"
     )
     log_path = workdir / "mosquitto.log"
@@ -141,6 +150,27 @@ bind-address = "{host}:{rpc_port}"
             return False
 
     return _wait(Service("influxd", proc, host, port, workdir, log_path), ready, 30)
+
+
+def start_victoria_metrics(data_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> Service:
+    """A private VictoriaMetrics: it accepts InfluxDB line protocol on /api/v2/write (and /write),
+    so it stands in for an InfluxDB 2.x/3.x target; query it with /api/v1/export."""
+    binary = require_binary("victoria-metrics")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    log_path = data_dir / "victoria-metrics.log"
+    proc = subprocess.Popen([binary, f"-httpListenAddr={host}:{port}", f"-storageDataPath={data_dir}",
+                             "-loggerLevel=WARN"],
+                            stdout=subprocess.DEVNULL, stderr=open(log_path, "ab"), start_new_session=True)
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=0.5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    return _wait(Service("victoria-metrics", proc, host, port, data_dir, log_path), ready, 30)
 
 
 def influx_ping(url: str) -> bool:

@@ -18,6 +18,8 @@ declare -A PACKAGES=(
     [socat]=socat
     [mbpoll]=mbpoll
     [victoria-metrics]=victoria-metrics
+    [mosquitto_passwd]=mosquitto
+    [openssl]=openssl
 )
 missing=()
 for bin in "${!PACKAGES[@]}"; do

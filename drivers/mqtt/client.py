@@ -57,8 +57,11 @@ class MqttSubscriber:
             self.client.tls_insecure_set(settings.tls_insecure)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.connect_failures = 0
+        self.last_error = ""
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -70,16 +73,35 @@ class MqttSubscriber:
         self.client.loop_stop()
 
     # paho's thread -----------------------------------------------------------------------
+    def _failed(self, error: str, detail: str) -> None:
+        self.connect_failures += 1
+        self.last_error = error
+        if self.connect_failures == 1 or self.connect_failures % 10 == 0:  # paho retries with backoff; say it once a burst
+            log.error(detail, extra={"event": "mqtt_connect_failed", "broker": self._where(), "error": error,
+                                     "attempts": self.connect_failures})
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning(str(reason_code), extra={"event": "mqtt_connect_failed", "broker": self._where(),
-                                                 "error": "connack_refused"})
+            # MQTT 3.1.1 CONNACK 4/5 arrive as "Bad user name or password" / "Not authorized"
+            auth = reason_code.value in (134, 135, 4, 5)
+            self._failed("bad_credentials" if auth else "connack_refused", str(reason_code))
             return
+        self.connect_failures = 0
         self.connected = True
         log.info("", extra={"event": "mqtt_connected", "broker": self._where(),
                             "session_present": bool(flags.session_present)})
         if self.topics:
             client.subscribe([(t, q) for t, q in self.topics])
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho swallows the exception; the socket error (refused, TLS handshake) is what users need
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ssl.SSLError):
+            self._failed("tls_error", str(exc))
+        else:
+            self._failed("unreachable", str(exc) if exc else "connection failed")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected
