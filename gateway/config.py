@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=86400)]
@@ -214,6 +214,7 @@ class Device(_Strict):
     fields: list[str] | None = None  # DL/T 645: energy_meter fields to read (default: a three-phase set)
     building: Name | None = None
     poll_interval_s: Annotated[float, Field(ge=0.1, le=86400)] = 5.0
+    pv: bool = False  # a PV generation meter: its energy offsets the building's grid import
 
 
 FsyncPolicy = Literal["batch", "normal", "off"]
@@ -227,7 +228,7 @@ class _OutboxSinkSettings(_Strict):
     batch_max_points: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
     batch_max_age_s: PositiveSeconds = 1.0
     # one request carries several queued batches up to this many compressed bytes when catching up
-    max_request_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 4 << 20
+    max_request_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
     # compressed line protocol kept on disk for this sink; past it the oldest batches are dropped
     max_outbox_bytes: Annotated[int, Field(ge=64 << 10)] = 512 << 20
     # batch: fsync every commit (survives power loss); normal: survives a crash of the gateway, may
@@ -273,6 +274,62 @@ class Building(_Strict):
     name: str = ""
 
 
+DetectorKind = Literal["gauge", "energy_counter", "count"]
+
+
+class RulesSection(_Strict):
+    """How long a condition must hold before its alert is raised, and be gone before it clears."""
+
+    trapped_passenger_s: Annotated[float, Field(ge=0)] = 180.0  # elevator-iot.md 3.1: 3 min
+    door_open_while_moving_s: Annotated[float, Field(ge=0)] = 2.0
+    stopped_outside_landing_s: Annotated[float, Field(ge=0)] = 45.0  # field note: 30 s was too short
+    fire_lane_minutes: Annotated[float, Field(ge=0)] = 5.0
+    crowding_per_minute: Annotated[float, Field(gt=0)] = 60.0
+    crowding_s: Annotated[float, Field(ge=0)] = 60.0
+    device_offline_s: Annotated[float, Field(ge=0)] = 300.0
+    clear_after_s: Annotated[float, Field(ge=0)] = 10.0
+
+
+class AnalyticsSection(_Strict):
+    """The numba core: anomaly scores, VEE, interval energy, roll-ups, carbon and alert rules."""
+
+    enabled: bool = True
+    interval_minutes: list[Literal[1, 5, 15, 30, 60]] = [1, 15]
+    lateness_s: Annotated[float, Field(ge=0, le=86400)] = 120.0
+    max_gap_s: Annotated[float, Field(gt=0, le=7 * 86400)] = 7200.0
+    # China national grid average, data year 2023 (shared/reference/carbon-factors.md, table A.1)
+    emission_factor_kg_per_kwh: Annotated[float, Field(ge=0, le=2)] = 0.5306
+    emission_factor_year: Annotated[int, Field(ge=2000, le=2100)] = 2023
+    emission_factor_region: str = "national"
+    write_scores: bool = True
+    alert_raise: Annotated[float, Field(gt=0, le=1)] = 0.8
+    alert_clear: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    detectors: dict[DetectorKind, dict[str, float]] = {}
+    rules: RulesSection = RulesSection()
+
+    @model_validator(mode="after")
+    def _check(self) -> "AnalyticsSection":
+        from pipelines.detect import PARAM_NAMES  # deferred: the core's own table of parameters
+
+        for kind, overrides in self.detectors.items():
+            unknown = sorted(set(overrides) - set(PARAM_NAMES))
+            if unknown:
+                raise ValueError(f"detectors.{kind}: unknown parameter(s) {unknown} (known: {', '.join(PARAM_NAMES)})")
+        if self.alert_clear >= self.alert_raise:
+            raise ValueError("alert_clear must be below alert_raise (hysteresis)")
+        if 15 not in self.interval_minutes:
+            raise ValueError("interval_minutes must include 15: roll-ups and demand are per 15 minutes")
+        return self
+
+
+class NorthboundSection(_Strict):
+    """Alerts published on the [mqtt] broker for building systems and operators' apps."""
+
+    topic_prefix: str = Field("community-gateway", min_length=1, pattern=r"^[^#+]+$")
+    qos: Literal[0, 1] = 1
+    retain: bool = True  # a dashboard that connects later sees what is open now
+
+
 class GatewayConfig(_Strict):
     gateway: GatewaySection = GatewaySection()
     buses: list[Bus] = []
@@ -281,6 +338,8 @@ class GatewayConfig(_Strict):
     devices: list[Device] = []
     buildings: list[Building] = []
     sinks: list[Sink] = Field(min_length=1)
+    analytics: AnalyticsSection = AnalyticsSection()
+    northbound: NorthboundSection | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +385,8 @@ def _pydantic_issues(err: ValidationError) -> list[ConfigIssue]:
             msg = f"unknown type {e['input'].get('type')!r} (expected one of: {e['ctx']['expected_tags']})"
         elif e["type"] == "union_tag_not_found":
             msg = "required key 'type' is missing"
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         issues.append(ConfigIssue(format_loc(tuple(e["loc"])), msg))
     return issues
 
@@ -402,6 +463,8 @@ def check_references(data: dict, known_profiles: set[str]) -> list[ConfigIssue]:
             units_on_bus[key] = i
     if data.get("subscriptions") and "mqtt" not in data:
         issues.append(ConfigIssue("subscriptions", "subscriptions need an [mqtt] broker section"))
+    if "northbound" in data and "mqtt" not in data:
+        issues.append(ConfigIssue("northbound", "alerts are published on the [mqtt] broker: add an [mqtt] section"))
     return issues
 
 

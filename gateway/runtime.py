@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import time
 from collections import Counter
@@ -25,13 +27,17 @@ from drivers.mqtt.json_mapping import FieldSpec, JsonDecoder, JsonMapping
 from drivers.mqtt.people_counter import PeopleCounterDecoder
 from drivers.polling import ERROR_KINDS, PolledDevice
 from gateway.config import Dlt645SerialBus, Dlt645TcpBus, GatewayConfig, InfluxDB1Sink, InfluxDB2Sink, ModbusTcpBus, Subscription
+from gateway.analytics import DEFAULT_DETECTORS, AlertEvent, Analytics, AnalyticsSettings, RuleTimes
 from gateway.logs import BurstLogger, log_event
 from gateway.pipeline import Pipeline
 from gateway.sinks.influxdb import AckGroup, InfluxV1Writer, InfluxV2Writer, OutboxSink, Writer
 from gateway.sinks.line_protocol import LineProtocolEncoder
 from gateway.sinks.outbox import Outbox
 from pipelines.batch import QUALITY_GOOD, ReadingBatch
+from pipelines.rollup import EmissionFactor
 from pipelines.series import SeriesRegistry
+from pipelines.validate import VeeParams
+from pipelines.warmup import warm_up
 
 log = logging.getLogger("gateway")
 
@@ -69,6 +75,8 @@ class Gateway:
         self.registry = SeriesRegistry()
         self.encoder = LineProtocolEncoder(self.registry)
         self.pipeline = Pipeline()
+        self.analytics = self._make_analytics() if cfg.analytics.enabled else None
+        self.alerts_open: dict[tuple[str, str], AlertEvent] = {}  # (device, rule) -> the raise
         self.readings_in = 0
         self.decode_drops: Counter[tuple[str, str]] = Counter()
         self._burst = BurstLogger(log)
@@ -78,7 +86,7 @@ class Gateway:
         self.pollers: list[PolledDevice] = [self._make_poller(d) for d in cfg.devices]
         self.mqtt: MqttSubscriber | None = None
         self.mqtt_devices: dict[str, float] = {}  # device -> monotonic time of last good message
-        if cfg.mqtt is not None and cfg.subscriptions:
+        if cfg.mqtt is not None and (cfg.subscriptions or cfg.northbound is not None):
             m = cfg.mqtt
             tls = m.tls
             self.mqtt = MqttSubscriber(
@@ -134,15 +142,79 @@ class Gateway:
         return ModbusDevicePoller(d.id, bus, d.unit_id, profile, ids, d.poll_interval_s, self.accept,
                                   on_health=self._health_changed)
 
+    def _make_analytics(self) -> Analytics:
+        a = self.cfg.analytics
+        r = a.rules
+        params = dict(DEFAULT_DETECTORS)
+        for kind, overrides in a.detectors.items():
+            params[kind] = dataclasses.replace(params[kind], **overrides)
+        settings = AnalyticsSettings(
+            site=self.site, interval_minutes=tuple(sorted(set(a.interval_minutes))), lateness_s=a.lateness_s,
+            max_gap_s=a.max_gap_s, detectors=params, alert_raise=a.alert_raise, alert_clear=a.alert_clear,
+            write_scores=a.write_scores, vee=VeeParams(max_gap_s=a.max_gap_s),
+            factor=EmissionFactor(a.emission_factor_kg_per_kwh, a.emission_factor_year, a.emission_factor_region,
+                                  "average", "configuration [analytics]"),
+            rules=RuleTimes(r.trapped_passenger_s, r.door_open_while_moving_s, r.stopped_outside_landing_s,
+                            r.fire_lane_minutes * 60.0, r.crowding_per_minute, r.crowding_s, r.device_offline_s,
+                            r.clear_after_s))
+        return Analytics(self.registry, settings, [b.id for b in self.cfg.buildings],
+                         {d.id for d in self.cfg.devices if d.pv})
+
     # data path -------------------------------------------------------------------------------
     def accept(self, batch: ReadingBatch, ack: Ack | None = None) -> None:
         """Every driver's batches come through here: pipeline, encode once, hand to each sink."""
         batch = self.pipeline.process(batch)
         self.readings_in += len(batch)  # values kept: stale marks and dropped values are counted apart
+        if self.analytics is not None and len(batch):
+            derived, events = self.analytics.process(batch)
+            if events:
+                derived = ReadingBatch.concat([derived, self._alerts(events)])
+            if len(derived):
+                batch = ReadingBatch.concat([batch, derived])
+        self._write(batch, ack)
+
+    def _write(self, batch: ReadingBatch, ack: Ack | None = None) -> None:
+        """Encode once and hand to every sink (derived points come here directly: no pipeline, no count)."""
         lp, n = self.encoder.encode(batch)
         group = AckGroup([ack], len(self.sinks)) if ack is not None else None
         for sink in self.sinks:
             sink.add(lp, n, group)
+
+    def _alerts(self, events: list[AlertEvent]) -> ReadingBatch:
+        """Log, publish northbound and turn into ``alert`` points; a clear without its raise is ignored."""
+        kept = []
+        for e in events:
+            key = (e.device, e.rule)
+            if e.raised:
+                self.alerts_open[key] = e
+            elif self.alerts_open.pop(key, None) is None:
+                continue
+            kept.append(e)
+            log_event(log, logging.WARNING if e.raised else logging.INFO,
+                      "alert_raised" if e.raised else "alert_cleared", "", device=e.device, rule=e.rule,
+                      building=e.building or "-", value=round(e.value, 3))
+            self._publish_alert(e)
+        assert self.analytics is not None
+        return self.analytics.alert_batch(kept)
+
+    def _publish_alert(self, e: AlertEvent) -> None:
+        nb = self.cfg.northbound
+        if nb is None or self.mqtt is None:
+            return
+        topic = f"{nb.topic_prefix}/{self.site}/alerts/{e.device}/{e.rule}"
+        doc = {"site": self.site, "device": e.device, "building": e.building or None, "rule": e.rule,
+               "state": "raised" if e.raised else "cleared", "time_ns": e.ts_ns, "value": e.value}
+        # retained: an operator's app connecting later sees what is open; a clear replaces the raise
+        self.mqtt.publish(topic, json.dumps(doc).encode(), qos=nb.qos, retain=nb.retain)
+
+    async def _rules_loop(self) -> None:
+        """Conditions that keep holding without new messages (a trapped car reports nothing new)."""
+        assert self.analytics is not None
+        while True:
+            await asyncio.sleep(1.0)
+            events = self.analytics.tick(time.time_ns())
+            if events:
+                self._write(self._alerts(events))
 
     def _decoder(self, topic: str) -> Decoder | None:
         """The decoder of the first subscription whose topic filter matches."""
@@ -228,6 +300,8 @@ class Gateway:
         now = time.time_ns()
         series, values = [], []
         for p in self.pollers:
+            if not p.health.readings and not p.health.errors:
+                continue  # not polled yet: nothing is known, so nothing is claimed
             s, v = self._health_rows(p.health)
             series += s
             values += v
@@ -254,10 +328,16 @@ class Gateway:
                           query=sink.writer.describe().replace("/write?", "/query?"))
 
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> None:
+        if self.analytics is not None:
+            # compile (or load from numba's cache) every kernel now, never on the first poll
+            took = await asyncio.to_thread(warm_up)
+            log_event(log, logging.INFO, "core_ready", "", seconds=round(took, 2))
         for sink in self.sinks:
             sink.start()  # each sink creates its database itself, so a server that is down delays nothing
         tasks = [asyncio.create_task(p.run(), name=f"poll-{p.device_id}") for p in self.pollers]
         tasks.append(asyncio.create_task(self._status_loop(self.cfg.gateway.status_interval_s), name="status"))
+        if self.analytics is not None:
+            tasks.append(asyncio.create_task(self._rules_loop(), name="rules"))
         if self.mqtt is not None:
             self.mqtt.start()
         log_event(log, logging.INFO, "started", "", site=self.site, modbus_devices=len(self.pollers),
@@ -279,6 +359,10 @@ class Gateway:
         _, stuck = await asyncio.wait(tasks, timeout=2.0)
         if stuck:
             log_event(log, logging.WARNING, "tasks_not_stopping", "", tasks=",".join(t.get_name() for t in stuck))
+        if self.analytics is not None:
+            tail = self.analytics.flush()  # intervals still open: written as they stand (coverage < 1)
+            if len(tail):
+                self._write(tail)
         for sink in self.sinks:
             sink.commit()  # everything read so far is on disk now; this also acknowledges MQTT messages
         if self.mqtt is not None:

@@ -122,8 +122,51 @@ DEVICE_HEALTH = _m(
           kind="state", type="int"),
 )
 
+ANOMALY = _m(
+    "anomaly",
+    "Anomaly scores of the numba core for every scored series (written when the score is above zero)",
+    ("site", "building", "device", "source", "field"),
+    Field("score", "", "Combined anomaly score in [0, 1]"),
+    Field("reason", "", "Detector that fired: 1 level, 2 seasonal, 3 flatline, 4 spike, 5 counter", kind="state",
+          type="int"),
+)
+
+ENERGY_INTERVAL = _m(
+    "energy_interval",
+    "Energy per meter and aligned interval from its cumulative counter (VEE applied); time = interval start",
+    ("site", "building", "device", "interval"),
+    Field("energy", "kWh", "Energy consumed (or generated, for PV) in the interval"),
+    Field("coverage", "", "Share of the interval the meter's readings account for (1 = complete)"),
+    Field("quality", "", "VEE flags: 1 estimated, 2 edited, 4 suspect (0 = measured)", kind="state", type="int"),
+)
+
+ENERGY_ROLLUP = _m(
+    "energy_rollup",
+    "Building and community energy, demand and carbon per aligned interval; time = interval start",
+    ("site", "scope", "building", "interval"),
+    Field("load", "kWh", "Consumption of the ordinary meters"),
+    Field("pv", "kWh", "PV generation"),
+    Field("import", "kWh", "Grid import: load net of PV used on site"),
+    Field("export", "kWh", "PV exported to the grid"),
+    Field("demand", "kW", "Mean import demand over the interval"),
+    Field("carbon", "kgCO2e", "Import times the configured grid emission factor"),
+    Field("carbon_avoided", "kgCO2e", "PV used on site times the emission factor"),
+    Field("complete", "", "1 when every meter delivered a complete interval", kind="state", type="int"),
+    Field("peak_demand", "kW", "Daily rows: highest 15-minute import demand of the day"),
+    Field("load_factor", "", "Daily rows: mean demand / peak demand"),
+)
+
+ALERT = _m(
+    "alert",
+    "Alerts raised and cleared by the gateway's rules and detectors (1 raised, 0 cleared)",
+    ("site", "building", "device", "rule"),
+    Field("active", "", "1 when raised, 0 when cleared", kind="state", type="int"),
+    Field("value", "", "What triggered it: the anomaly score, or seconds the condition had held"),
+)
+
 MEASUREMENTS: dict[str, Measurement] = {
-    m.name: m for m in (ENERGY_METER, PARKING_BAY, PEOPLE_COUNTER, ELEVATOR, ELEVATOR_ALARM, DEVICE_HEALTH)
+    m.name: m for m in (ENERGY_METER, PARKING_BAY, PEOPLE_COUNTER, ELEVATOR, ELEVATOR_ALARM, DEVICE_HEALTH,
+                        ANOMALY, ENERGY_INTERVAL, ENERGY_ROLLUP, ALERT)
 }
 
 

@@ -68,6 +68,10 @@ class MqttSubscriber:
         self.client.connect_async(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
         self.client.loop_start()
 
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Publish on the same connection (northbound alerts); paho queues it while disconnected."""
+        self.client.publish(topic, payload, qos=qos, retain=retain)
+
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
