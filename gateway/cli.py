@@ -112,6 +112,38 @@ def cmd_profiles(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from pipelines.detect import PARAM_NAMES
+    from gateway.score_csv import CsvError, read_series, score_series, write_scores
+
+    overrides: dict[str, float] = {}
+    for item in args.param:
+        name, _, value = item.partition("=")
+        if name not in PARAM_NAMES:
+            print(f"--param {item}: unknown parameter {name!r} (known: {', '.join(PARAM_NAMES)})", file=sys.stderr)
+            return 2
+        try:
+            overrides[name] = float(value)  # every parameter is packed into a float64 table row
+        except ValueError:
+            print(f"--param {item}: {value!r} is not a number", file=sys.stderr)
+            return 2
+    try:
+        text = args.input.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        print(f"{args.input}: cannot read: {e.strerror}", file=sys.stderr)
+        return 1
+    try:
+        raw, ts, values = read_series(text)
+    except CsvError as e:
+        print(f"{args.input}: {e}", file=sys.stderr)
+        return 1
+    scored = score_series(raw, ts, values, args.kind, overrides)
+    args.output.write_text(write_scores(scored, args.reason), encoding="utf-8")
+    flagged = int((scored.score >= 0.8).sum())
+    print(f"{len(raw)} rows scored, {flagged} at or above 0.8 -> {args.output}")
+    return 0
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -269,6 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sim", help="run simulated devices (firmware-sim)")
     sim_parser(s)
     s.set_defaults(func=cmd_sim)
+
+    sc = sub.add_parser("score", help="score a CSV of timestamp,value with the gateway's anomaly detector")
+    sc.add_argument("--input", required=True, type=Path, help="CSV: timestamp (ISO 8601 or epoch s), value")
+    sc.add_argument("--output", required=True, type=Path, help="CSV written: timestamp, value, anomaly_score")
+    sc.add_argument("--kind", choices=("gauge", "counter"), default="gauge",
+                    help="a gauge (power, voltage...) or a cumulative counter (kWh)")
+    sc.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a detector parameter, e.g. warmup_samples=50 (repeatable)")
+    sc.add_argument("--reason", action="store_true", help="add a column naming the detector that fired")
+    sc.set_defaults(func=cmd_score)
 
     d = sub.add_parser("demo", help="the simulated community end to end: services, devices, gateway")
     d.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
