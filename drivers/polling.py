@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from drivers.base import BatchSink, DeviceHealth
+from drivers.clock import Clock
 from pipelines.batch import QUALITY_GOOD, QUALITY_STALE, ReadingBatch
 
 log = logging.getLogger("drivers")
@@ -70,8 +71,14 @@ class PolledDevice:
         emit: BatchSink,
         clock_ns: Callable[[], int] = time.time_ns,
         on_health: HealthListener | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.device_id = device_id
+        # the schedule follows ``clock`` (simulated time in accelerated tests and demos); the
+        # readings are stamped with ``clock_ns``, which is that clock's now unless a test pins it
+        self.clock = clock or Clock()
+        if clock is not None and clock_ns is time.time_ns:
+            clock_ns = clock.now_ns
         self.series_ids = np.asarray(series_ids, dtype=np.int32)
         self.interval_s = poll_interval_s
         self.emit = emit
@@ -98,11 +105,11 @@ class PolledDevice:
 
     async def run(self) -> None:
         interval_ns = int(self.interval_s * 1e9)
-        next_ns = (time.time_ns() // interval_ns + 1) * interval_ns
+        next_ns = (self.clock.now_ns() // interval_ns + 1) * interval_ns
         while True:
-            await asyncio.sleep(max(0.0, (next_ns - time.time_ns()) / 1e9))
+            await self.clock.sleep_until(next_ns)
             await self.poll_and_emit()
-            now = time.time_ns()
+            now = self.clock.now_ns()
             if self.failures_in_row:
                 next_ns = now + int(self.next_delay_s() * 1e9)
             else:

@@ -32,6 +32,8 @@ class GatewaySection(_Strict):
     # requests in flight to one Modbus TCP host, over every port (bus) on it: small converters and
     # meters accept only a few connections, and answer slower, not faster, when hammered
     modbus_tcp_per_host: Annotated[int, Field(ge=1, le=64)] = 8
+    # tests and demos only: follow firmware-sim's (accelerated) clock instead of the system clock
+    sim_clock_file: Path | None = None
 
 
 class ModbusTcpBus(_Strict):

@@ -15,6 +15,7 @@ import numpy as np
 from paho.mqtt.client import topic_matches_sub
 
 from drivers.base import Ack, DeviceHealth
+from drivers.clock import Clock, SimClock
 from drivers.dlt645.client import Dlt645Client, SerialTransport
 from drivers.dlt645.poller import DEFAULT_FIELDS, Dlt645DevicePoller, line_client
 from drivers.modbus.poller import BusSettings, HostLimits, ModbusBus, ModbusDevicePoller
@@ -72,6 +73,7 @@ class Gateway:
         self.site = cfg.gateway.site
         self.data_dir = Path(data_dir or cfg.gateway.data_dir)
         self.profiles: dict[str, DeviceProfile] = load_profiles(list(cfg.gateway.profile_dirs))
+        self.clock = SimClock.from_file(cfg.gateway.sim_clock_file) if cfg.gateway.sim_clock_file else Clock()
         self.registry = SeriesRegistry()
         self.encoder = LineProtocolEncoder(self.registry)
         self.pipeline = Pipeline()
@@ -133,14 +135,14 @@ class Gateway:
             tags = {"site": self.site, "building": d.building, "device": d.id, "model": "dlt645"}
             ids = np.array([self.registry.register("energy_meter", tags, f) for f in fields], dtype=np.int32)
             return Dlt645DevicePoller(d.id, bus, d.address, fields, ids, d.poll_interval_s, self.accept,
-                                      on_health=self._health_changed,
+                                      on_health=self._health_changed, clock=self.clock,
                                       serial=isinstance(bus.transport, SerialTransport))
         profile = self.profiles[d.profile]
         tags = {"site": self.site, "building": d.building, "device": d.id, "model": profile.model}
         ids = np.array([self.registry.register(profile.measurement, tags, r.field) for r in profile.registers],
                        dtype=np.int32)
         return ModbusDevicePoller(d.id, bus, d.unit_id, profile, ids, d.poll_interval_s, self.accept,
-                                  on_health=self._health_changed)
+                                  on_health=self._health_changed, clock=self.clock)
 
     def _make_analytics(self) -> Analytics:
         a = self.cfg.analytics
@@ -212,7 +214,7 @@ class Gateway:
         assert self.analytics is not None
         while True:
             await asyncio.sleep(1.0)
-            events = self.analytics.tick(time.time_ns())
+            events = self.analytics.tick(self.clock.now_ns())
             if events:
                 self._write(self._alerts(events))
 
@@ -230,7 +232,7 @@ class Gateway:
             return
         batch = None
         try:
-            result = decoder(topic, payload, self.site, time.time_ns())
+            result = decoder(topic, payload, self.site, self.clock.now_ns())
             if result.readings:
                 series, ts, values = [], [], []
                 for r in result.readings:
@@ -275,7 +277,7 @@ class Gateway:
             values += [float(self.mqtt_devices.get(device, -1e18) >= horizon),
                        float(sum(per_device.get(device, {}).values()))]
         if series:
-            self.accept(ReadingBatch.from_arrays(series, time.time_ns(), values))
+            self.accept(ReadingBatch.from_arrays(series, self.clock.now_ns(), values))
 
     # lifecycle -------------------------------------------------------------------------------
     def devices_online(self) -> tuple[int, int]:
@@ -294,10 +296,10 @@ class Gateway:
     def _health_changed(self, health: DeviceHealth) -> None:
         """A poll failed or a device came back: say so now, not at the next status tick."""
         series, values = self._health_rows(health)
-        self.accept(ReadingBatch.from_arrays(series, time.time_ns(), values))
+        self.accept(ReadingBatch.from_arrays(series, self.clock.now_ns(), values))
 
     def _write_health(self) -> None:
-        now = time.time_ns()
+        now = self.clock.now_ns()
         series, values = [], []
         for p in self.pollers:
             if not p.health.readings and not p.health.errors:

@@ -23,6 +23,7 @@ from drivers.dlt645.errors import (
     TransportError,
 )
 from drivers.dlt645.identifiers import BY_FIELD, identifiers_for_fields
+from drivers.clock import Clock
 from drivers.polling import HealthListener, PolledDevice, PollError
 
 # What a three-phase household meter is asked for when the configuration lists no fields.
@@ -79,9 +80,10 @@ class Dlt645DevicePoller(PolledDevice):
         emit: BatchSink,
         clock_ns: Callable[[], int] = time.time_ns,
         on_health: HealthListener | None = None,
+        clock: Clock | None = None,
         serial: bool = True,
     ) -> None:
-        super().__init__(device_id, series_ids, poll_interval_s, emit, clock_ns, on_health)
+        super().__init__(device_id, series_ids, poll_interval_s, emit, clock_ns, on_health, clock)
         self.client = client
         self.address = address
         self.fields = tuple(fields)

@@ -18,6 +18,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from drivers.base import BatchSink
 from drivers.modbus.blocks import Block, ProfileDecoder, plan_blocks
 from drivers.modbus.profile import DeviceProfile
+from drivers.clock import Clock
 from drivers.polling import HealthListener, PolledDevice, PollError
 
 log = logging.getLogger("drivers.modbus")
@@ -225,8 +226,9 @@ class ModbusDevicePoller(PolledDevice):
         emit: BatchSink,
         clock_ns: Callable[[], int] = time.time_ns,
         on_health: HealthListener | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        super().__init__(device_id, series_ids, poll_interval_s, emit, clock_ns, on_health)
+        super().__init__(device_id, series_ids, poll_interval_s, emit, clock_ns, on_health, clock)
         self.bus = bus
         self.unit_id = unit_id
         self.profile = profile
