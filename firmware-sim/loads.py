@@ -57,7 +57,7 @@ class LoadModel:
         """Energy between t0 and t by the trapezoid rule on a fixed grid: monotone and repeatable."""
         if t_s <= t0_s:
             return 0.0
-        n = max(1, int((t_s - t0_s) // step_s))
+        n = int((t_s - t0_s) // step_s)  # whole steps; what is left is the partial step below
         total = 0.0
         prev = self.power_w(t0_s)
         for i in range(1, n + 1):

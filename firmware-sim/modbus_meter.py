@@ -12,9 +12,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from firmware_sim.faults import MeterFault, apply_faults
 from firmware_sim.loads import LoadModel, _hash01
 from firmware_sim.register_map import MappedRegister, RegisterMap
 
@@ -33,17 +35,31 @@ class SimMeter:
     start_kwh: float = 0.0
     phases: int = 3
     clock_ns: Callable[[], int] = time.time_ns
+    faults: list[MeterFault] = field(default_factory=list)
     _import_kwh: float = field(default=0.0, init=False)
     _last_t_s: float | None = field(default=None, init=False)
+    _first_t_s: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._import_kwh = self.start_kwh
         fields = {r.field for r in self.register_map.registers}
         self.phases = 3 if "voltage_l1" in fields else 1
 
+    def served_at(self, t_s: float) -> dict[str, float] | None:
+        """What the meter answers at ``t_s``, faults included (None: it does not answer)."""
+        v = self.values_at(t_s)
+        if not self.faults:
+            return v
+        return apply_faults(self.faults, v, t_s, self._healthy_energy_at)
+
+    def _healthy_energy_at(self, t_s: float) -> float:
+        first = self._first_t_s if self._first_t_s is not None else t_s
+        return self.start_kwh + self.load.energy_kwh(first, t_s, step_s=60.0)
+
     def values_at(self, t_s: float) -> dict[str, float]:
         if self._last_t_s is None:
             self._last_t_s = t_s
+            self._first_t_s = t_s
         elif t_s > self._last_t_s:  # counters only move forward, integrated since the last request
             self._import_kwh += self.load.energy_kwh(self._last_t_s, t_s, step_s=60.0)
             self._last_t_s = t_s
@@ -103,7 +119,12 @@ class MeterBank:
         self.requests += 1
         function = FUNCTION_OF_CODE.get(function_code)
         t_ns = meter.clock_ns()
-        values = meter.values_at(t_ns / 1e9)
+        values = meter.served_at(t_ns / 1e9)
+        if values is None:  # offline: what an RS-485-to-TCP gateway answers for a silent meter
+            if self.served_log is not None:
+                self.served_log({"t_ns": t_ns, "kind": "modbus", "device": meter.device, "unit_id": meter.unit_id,
+                                 "function": function, "address": address, "count": count, "offline": True})
+            return ExcCodes.GATEWAY_NO_RESPONSE
         served = {}
         for r in meter.register_map.registers:
             if r.function != function or r.address + r.width <= address or r.address >= address + count:

@@ -40,16 +40,24 @@ LOCAL_OFFSET_NS = 8 * 3600 * 1_000_000_000  # days and peaks follow China Standa
 # Detector kinds: rows of the parameter table. Which series get which kind comes from the schema.
 KIND_NONE, KIND_GAUGE, KIND_ENERGY_COUNTER, KIND_COUNT = -1, 0, 1, 2
 KIND_NAMES = {"gauge": KIND_GAUGE, "energy_counter": KIND_ENERGY_COUNTER, "count": KIND_COUNT}
+INF = float("inf")
 DEFAULT_DETECTORS = {
-    "gauge": DetectorParams(),
-    # a household draws at most ~60 kW (a 3 x 80 A supply); a PV inverter or a common load similar
-    "energy_counter": DetectorParams.counter(max_per_hour=250.0),
-    "count": DetectorParams(flat_seconds=0.0, seasonal=True),
+    # a slot of the time-of-day baseline needs more than one day of 1-minute polls before it scores,
+    # or "yesterday at this time" is only "a few minutes ago" on the first day
+    "gauge": DetectorParams(seasonal_min_count=20),
+    # kWh registers are quantised (a float32 near 2,000 kWh moves in 0.24 Wh steps), so the rate
+    # derived from one poll to the next is too coarse for the level, time-of-day and spike detectors:
+    # the power gauge carries those; the counter is watched for what only a counter shows
+    # (negative or impossible steps: rollover, replacement, reset) and for being stuck. A household
+    # draws at most ~60 kW (3 x 80 A); 250 kW covers building common loads too.
+    "energy_counter": DetectorParams.counter(max_per_hour=250.0, level_z_lo=INF, level_z_hi=INF, seasonal=False,
+                                             spike_z_lo=INF, spike_z_hi=INF),
+    "count": DetectorParams(flat_seconds=0.0, seasonal_min_count=20),
 }
-# what is scored: every gauge and counter of these measurements, and these fields of the others
-SCORED_MEASUREMENTS = ("energy_meter",)
-SCORED_FIELDS = {("elevator", "speed"), ("elevator", "load"), ("people_counter", "in_count"),
-                 ("people_counter", "out_count")}
+# what is scored: the fields that carry a device's behaviour (the others follow from them: phase
+# currents from power, apparent power from power and power factor) and would only repeat an alert
+SCORED_FIELDS = {("energy_meter", "active_power"), ("energy_meter", "energy_import"), ("elevator", "speed"),
+                 ("elevator", "load"), ("people_counter", "in_count"), ("people_counter", "out_count")}
 ENERGY_FIELD = "energy_import"  # the counter intervals are computed from (consumption, or PV generation)
 
 
@@ -189,8 +197,7 @@ class Analytics:
         key = self.registry.keys[sid]
         f = lookup_measurement(key.measurement).field(key.field)
         tags = dict(key.tags)
-        scored = (key.measurement in SCORED_MEASUREMENTS and f.kind != "state") or \
-            (key.measurement, key.field) in SCORED_FIELDS
+        scored = (key.measurement, key.field) in SCORED_FIELDS
         if scored:
             if f.kind == "counter" and key.measurement == "energy_meter":
                 self.kind[sid] = KIND_ENERGY_COUNTER
