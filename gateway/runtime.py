@@ -102,6 +102,10 @@ class Gateway:
             )
         self._decoder_for = [(s.topic, DECODERS[s.decoder](s)) for s in cfg.subscriptions]
         self._drops_logged: Counter[str] = Counter()  # per device: decode problems already in a status log
+        # per message, matching the topic filters and registering series cost more than decoding: both are
+        # remembered (topics bounded, since a broker can send arbitrarily many distinct topics)
+        self._decoder_of_topic: dict[str, Decoder | None] = {}
+        self._series_of: dict[tuple, int] = {}
 
     # construction ----------------------------------------------------------------------------
     def _make_sink(self, s: InfluxDB1Sink | InfluxDB2Sink) -> OutboxSink:
@@ -111,7 +115,7 @@ class Gateway:
             writer = InfluxV2Writer(s.url, s.org, s.bucket, s.token, s.timeout_s)
         else:
             writer = InfluxV1Writer(s.url, s.database, s.retention_policy, s.username, s.password, s.timeout_s)
-        outbox = Outbox(self.data_dir / f"outbox-{s.name}.sqlite3", fsync=s.fsync, max_bytes=s.max_outbox_bytes)
+        outbox = Outbox.open(self.data_dir / f"outbox-{s.name}.sqlite3", fsync=s.fsync, max_bytes=s.max_outbox_bytes)
         return OutboxSink(s.name, writer, outbox, s.batch_max_points, s.batch_max_age_s,
                           max_request_bytes=s.max_request_bytes, retry_max_s=s.retry_max_s,
                           create_database=isinstance(s, InfluxDB1Sink) and s.create_database)
@@ -220,10 +224,15 @@ class Gateway:
 
     def _decoder(self, topic: str) -> Decoder | None:
         """The decoder of the first subscription whose topic filter matches."""
-        for pattern, decoder in self._decoder_for:
-            if topic_matches_sub(pattern, topic):
-                return decoder
-        return None
+        try:
+            return self._decoder_of_topic[topic]
+        except KeyError:
+            pass
+        found = next((d for pattern, d in self._decoder_for if topic_matches_sub(pattern, topic)), None)
+        if len(self._decoder_of_topic) >= 10_000:
+            self._decoder_of_topic.clear()
+        self._decoder_of_topic[topic] = found
+        return found
 
     def _on_mqtt_message(self, topic: str, payload: bytes, ack: Ack) -> None:
         decoder = self._decoder(topic)
@@ -236,8 +245,13 @@ class Gateway:
             if result.readings:
                 series, ts, values = [], [], []
                 for r in result.readings:
+                    line = (r.measurement, tuple(r.tags.items()))
                     for field, value in r.fields.items():
-                        series.append(self.registry.register(r.measurement, r.tags, field))
+                        sid = self._series_of.get((line, field))
+                        if sid is None:
+                            sid = self._series_of[(line, field)] = self.registry.register(r.measurement, r.tags,
+                                                                                         field)
+                        series.append(sid)
                         ts.append(r.ts_ns)
                         values.append(value)
                 batch = ReadingBatch.from_arrays(series, ts, values, QUALITY_GOOD)
@@ -256,8 +270,9 @@ class Gateway:
     def _mqtt_status(self) -> None:
         """device_health (driver mqtt) of every device heard from, and one log line per device with new drops.
 
-        ``errors`` is the device's cumulative count of decode problems; the log line lists them by
-        reason, so a device sending garbage shows up in the status output without a log line per message.
+        ``online`` is a good message within MQTT_SILENT_AFTER_S; ``errors`` is the device's cumulative
+        count of decode problems; the log line lists them by reason, so a device sending garbage shows
+        up in the status output without a log line per message.
         """
         per_device: dict[str, Counter[str]] = {}
         for (device, reason), n in self.decode_drops.items():
@@ -272,10 +287,10 @@ class Gateway:
         series, values = [], []
         for device in sorted((set(self.mqtt_devices) | set(per_device)) - {"unknown"}):
             tags = {"site": self.site, "device": device, "driver": "mqtt"}
-            series += [self.registry.register("device_health", tags, "online"),
-                       self.registry.register("device_health", tags, "errors")]
-            values += [float(self.mqtt_devices.get(device, -1e18) >= horizon),
-                       float(sum(per_device.get(device, {}).values()))]
+            online = float(self.mqtt_devices.get(device, -1e18) >= horizon)
+            # stale as for polled devices, so the device_offline rule also covers devices that went silent
+            series += [self.registry.register("device_health", tags, f) for f in ("online", "stale", "errors")]
+            values += [online, 1.0 - online, float(sum(per_device.get(device, {}).values()))]
         if series:
             self.accept(ReadingBatch.from_arrays(series, self.clock.now_ns(), values))
 
