@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.devservices import MissingBinary, Service, start_influxd, start_mosquitto
+from gateway.devservices import MissingBinary, Service, start_influxd, start_mosquitto, start_victoria_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,6 +67,46 @@ class Influx:
 @pytest.fixture(scope="session")
 def influx(influxd) -> Influx:
     return Influx(influxd)
+
+
+@pytest.fixture(scope="session")
+def victoria_metrics(tmp_path_factory) -> Service:
+    """A private VictoriaMetrics standing in for an InfluxDB 2.x/3.x target (/api/v2/write)."""
+    try:
+        svc = start_victoria_metrics(tmp_path_factory.mktemp("victoria-metrics"))
+    except MissingBinary as e:
+        pytest.fail(str(e), pytrace=False)
+    yield svc
+    svc.stop()
+
+
+class Victoria:
+    def __init__(self, svc: Service) -> None:
+        self.url = f"http://{svc.host}:{svc.port}"
+
+    def export(self, match: str) -> dict[tuple, dict[int, float]]:
+        """Raw samples of the series matching a selector: {(name, sorted labels): {ms: value}}."""
+        # make what was just written searchable now instead of within the next seconds
+        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=10).close()
+        params = urllib.parse.urlencode({"match[]": match})
+        out: dict[tuple, dict[int, float]] = {}
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{params}", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                doc = json.loads(line)
+                labels = dict(doc["metric"])
+                name = labels.pop("__name__")
+                key = (name, tuple(sorted(labels.items())))
+                samples = out.setdefault(key, {})
+                for ts, value in zip(doc["timestamps"], doc["values"]):
+                    # the same point written twice is harmless; twice with different values is a bug
+                    assert samples.get(ts, value) == value, f"{key} at {ts}: {samples[ts]} and {value}"
+                    samples[ts] = value
+        return out
+
+
+@pytest.fixture(scope="session")
+def victoria(victoria_metrics) -> Victoria:
+    return Victoria(victoria_metrics)
 
 
 def run_cli(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:

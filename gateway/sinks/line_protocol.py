@@ -89,3 +89,59 @@ class LineProtocolEncoder:
         piece = np.strings.add(np.strings.add(np.strings.add(head, self._field_key[series]), vstr), tail)
         # fixed-width bytes pad with NUL, which line protocol never contains: strip them in one pass
         return piece.tobytes().replace(b"\x00", b""), n
+
+
+# --- the rare path: lines a server refused ---------------------------------------------------
+# These work on one line at a time and are used only when a server rejects a batch, never on the
+# hot path (batches stay bytes there).
+
+def split_lines(text: bytes) -> list[bytes]:
+    """The non-empty, non-comment lines of a line-protocol payload, as they are (no re-encoding)."""
+    return [line for line in text.split(b"\n") if line.strip() and not line.lstrip().startswith(b"#")]
+
+
+def count_fields(line: bytes) -> int:
+    """Field values on one line (what the gateway counts as points).
+
+    Honours backslash escapes in the measurement, tags and keys and double-quoted string values
+    (which may hold spaces, commas and '='). A line too broken to find a field set counts as one,
+    so that a rejected line is never counted as nothing.
+    """
+    n = len(line)
+    i = 0
+    # measurement and tags end at the first unescaped space
+    while i < n:
+        c = line[i]
+        if c == 0x5C:  # backslash
+            i += 2
+            continue
+        if c == 0x20:
+            break
+        i += 1
+    i += 1
+    fields = 0
+    seen_key = False
+    in_string = False
+    while i < n:
+        c = line[i]
+        if in_string:
+            if c == 0x5C:
+                i += 2
+                continue
+            if c == 0x22:  # closing quote
+                in_string = False
+        elif c == 0x5C:
+            i += 2
+            continue
+        elif c == 0x22:
+            in_string = True
+        elif c == 0x3D:  # '=' between a field key and its value
+            if not seen_key:
+                fields += 1
+                seen_key = True
+        elif c == 0x2C:  # ',' between fields
+            seen_key = False
+        elif c == 0x20:  # the timestamp follows
+            break
+        i += 1
+    return max(1, fields)
