@@ -42,6 +42,7 @@ from pipelines.warmup import warm_up
 
 log = logging.getLogger("gateway")
 
+MQTT_BATCH_MAX_POINTS = 20_000  # a pending MQTT batch goes down the pipeline at this size at the latest
 MQTT_SILENT_AFTER_S = 15 * 60  # an MQTT device counts as online while it sent a good message this recently
 
 
@@ -87,6 +88,8 @@ class Gateway:
         self.buses: dict[str, ModbusBus | Dlt645Client] = {b.name: self._make_bus(b) for b in cfg.buses}
         self.pollers: list[PolledDevice] = [self._make_poller(d) for d in cfg.devices]
         self.mqtt: MqttSubscriber | None = None
+        self._mqtt_pending: tuple[list, list, list, list] = ([], [], [], [])  # series, ts, values, acks
+        self._mqtt_flush_scheduled = False
         self.mqtt_devices: dict[str, float] = {}  # device -> monotonic time of last good message
         if cfg.mqtt is not None and (cfg.subscriptions or cfg.northbound is not None):
             m = cfg.mqtt
@@ -235,37 +238,61 @@ class Gateway:
         return found
 
     def _on_mqtt_message(self, topic: str, payload: bytes, ack: Ack) -> None:
+        """Decode one message into the pending MQTT batch; the batch goes down the pipeline once per
+        event-loop iteration, so a burst of messages costs one pass of the core, not one each."""
         decoder = self._decoder(topic)
         if decoder is None:
             ack()
             return
-        batch = None
+        kept = False
+        pend = self._mqtt_pending
         try:
             result = decoder(topic, payload, self.site, self.clock.now_ns())
-            if result.readings:
-                series, ts, values = [], [], []
-                for r in result.readings:
-                    line = (r.measurement, tuple(r.tags.items()))
-                    for field, value in r.fields.items():
-                        sid = self._series_of.get((line, field))
-                        if sid is None:
-                            sid = self._series_of[(line, field)] = self.registry.register(r.measurement, r.tags,
-                                                                                         field)
-                        series.append(sid)
-                        ts.append(r.ts_ns)
-                        values.append(value)
-                batch = ReadingBatch.from_arrays(series, ts, values, QUALITY_GOOD)
+            for r in result.readings:
+                line = (r.measurement, tuple(r.tags.items()))
+                for field, value in r.fields.items():
+                    sid = self._series_of.get((line, field))
+                    if sid is None:
+                        sid = self._series_of[(line, field)] = self.registry.register(r.measurement, r.tags, field)
+                    pend[0].append(sid)
+                    pend[1].append(r.ts_ns)
+                    pend[2].append(value)
+                    kept = True
         except Exception as e:  # a decoder bug costs this message, never the subscription or the loop
             result = DecodeResult(problems=[("decoder_error", f"{type(e).__name__}: {e}"[:300])])
         for reason, detail in result.problems:
             self.decode_drops[(result.device or "unknown", reason)] += 1
             self._burst.log(logging.WARNING, "payload_dropped", (result.device, reason), detail,
                             device=result.device or "unknown", error=reason, topic=topic)
-        if batch is None:
+        if not kept:
             ack()  # nothing to keep: acknowledging loses nothing
             return
         self.mqtt_devices[result.device] = time.monotonic()
-        self.accept(batch, ack)
+        pend[3].append(ack)
+        if len(pend[0]) >= MQTT_BATCH_MAX_POINTS:
+            self._flush_mqtt()
+        elif not self._mqtt_flush_scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # called outside the event loop (a direct call): nothing to batch with
+                self._flush_mqtt()
+                return
+            self._mqtt_flush_scheduled = True
+            loop.call_soon(self._flush_mqtt)
+
+    def _flush_mqtt(self) -> None:
+        self._mqtt_flush_scheduled = False
+        series, ts, values, acks = self._mqtt_pending
+        if not series:
+            return
+        self._mqtt_pending = ([], [], [], [])
+        batch = ReadingBatch.from_arrays(series, ts, values, QUALITY_GOOD)
+
+        def ack_all() -> None:
+            for a in acks:
+                a()
+
+        self.accept(batch, ack_all)
 
     def _mqtt_status(self) -> None:
         """device_health (driver mqtt) of every device heard from, and one log line per device with new drops.
@@ -376,6 +403,7 @@ class Gateway:
         _, stuck = await asyncio.wait(tasks, timeout=2.0)
         if stuck:
             log_event(log, logging.WARNING, "tasks_not_stopping", "", tasks=",".join(t.get_name() for t in stuck))
+        self._flush_mqtt()  # messages decoded but not yet down the pipeline
         if self.analytics is not None:
             tail = self.analytics.flush()  # intervals still open: written as they stand (coverage < 1)
             if len(tail):

@@ -217,3 +217,33 @@ def test_cgw_run_decodes_json_elevator_and_camera_messages_into_influxdb(tmp_pat
     assert (people["in_total"], people["out_total"], people["net_total"], people["gate"]) == (10, 4, 6, "gate")
     log = log_path.read_text()
     assert "event=decode_drops" in log and "device=L7 drops=2 reasons=malformed_json:1,out_of_range:1" in log
+
+
+def test_a_burst_of_messages_goes_down_the_pipeline_as_one_batch(gateway):
+    """Messages that arrive in one event-loop iteration share one batch: one pass of the core, one
+    commit, and every message's acknowledgement still waits for that commit."""
+    import asyncio
+
+    gw, captured = gateway
+    calls: list[int] = []
+    inner = gw.accept
+
+    def counting(batch, ack=None):
+        calls.append(len(batch))
+        inner(batch, ack)
+        if ack is not None:
+            ack()  # what the sinks do once the batch is committed
+
+    gw.accept = counting  # type: ignore[method-assign]
+    acked: list[int] = []
+
+    async def main():
+        for k in range(50):
+            gw._on_mqtt_message("cameras/north/c", camera(f"cam-{k}", 10, 5), lambda k=k: acked.append(k))
+        assert calls == [] and acked == []  # nothing committed yet, nothing acknowledged
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert len(calls) == 1 and calls[0] == len(captured.rows) == 50 * 3  # totals of 50 cameras, one batch
+    assert sorted(acked) == list(range(50))
