@@ -7,8 +7,12 @@ import faulthandler
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.config import ConfigError, GatewayConfig, load_config
+
+if TYPE_CHECKING:
+    from gateway.sinks.outbox import OutboxStats
 
 
 def _summary(cfg: GatewayConfig) -> str:
@@ -160,7 +164,7 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def outbox_report(name: str, sink_type: str, target: str, path: Path, st, file_bytes: tuple[int, int],
+def outbox_report(name: str, sink_type: str, target: str, path: Path, st: OutboxStats, file_bytes: tuple[int, int],
                   fsync: str, now_ns: int) -> tuple[str, dict]:
     """The human-readable status of one sink's outbox and the same figures as a dict (--json)."""
     c = st.counters

@@ -42,6 +42,7 @@ from pipelines.warmup import warm_up
 
 log = logging.getLogger("gateway")
 
+MQTT_BATCH_WINDOW_S = 0.02  # MQTT readings wait at most this long to share a batch
 MQTT_BATCH_MAX_POINTS = 20_000  # a pending MQTT batch goes down the pipeline at this size at the latest
 MQTT_SILENT_AFTER_S = 15 * 60  # an MQTT device counts as online while it sent a good message this recently
 
@@ -238,8 +239,8 @@ class Gateway:
         return found
 
     def _on_mqtt_message(self, topic: str, payload: bytes, ack: Ack) -> None:
-        """Decode one message into the pending MQTT batch; the batch goes down the pipeline once per
-        event-loop iteration, so a burst of messages costs one pass of the core, not one each."""
+        """Decode one message into the pending MQTT batch; the batch goes down the pipeline every
+        20 ms (or at 20,000 points), so a burst of messages costs one pass of the core, not one each."""
         decoder = self._decoder(topic)
         if decoder is None:
             ack()
@@ -278,7 +279,8 @@ class Gateway:
                 self._flush_mqtt()
                 return
             self._mqtt_flush_scheduled = True
-            loop.call_soon(self._flush_mqtt)
+            # a few milliseconds of latency buy one pass of the core for a whole burst of messages
+            loop.call_later(MQTT_BATCH_WINDOW_S, self._flush_mqtt)
 
     def _flush_mqtt(self) -> None:
         self._mqtt_flush_scheduled = False

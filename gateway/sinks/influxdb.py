@@ -299,6 +299,8 @@ class _RequestThread:
 
 
 class OutboxSink:
+    """One target: its buffer, its outbox file and its sender. Several sinks never share any of them."""
+
     def __init__(self, name: str, writer: Writer, outbox: Outbox, batch_max_points: int,
                  batch_max_age_s: float, max_request_bytes: int = 1 << 20, retry_max_s: float = BACKOFF_MAX_S,
                  auth_retry_s: float = AUTH_RETRY_S, create_database: bool = False) -> None:
@@ -384,7 +386,7 @@ class OutboxSink:
             d["points"] += result.dropped_points
             d["batches"] += result.dropped_batches
             if now - d["at"] >= DROP_LOG_EVERY_S:
-                log.warning("outbox full: dropped the oldest readings", extra={
+                log.warning("dropped readings, oldest first, to stay within the outbox's bound", extra={
                     "event": "outbox_dropped", "sink": self.name, "points": d["points"], "batches": d["batches"],
                     "dropped_total": c.points_dropped, "queued_bytes": self.outbox.queued_bytes,
                     "max_outbox_bytes": self.outbox.max_bytes})

@@ -2,7 +2,8 @@
 
 SQLite in WAL mode: stdlib, crash-safe, one file per sink. Batches are stored gzip-compressed
 exactly as they will be sent, delivered oldest first and deleted only after the server answered
-2xx. Writes are one transaction per batch (never per point), which keeps SD-card wear down.
+2xx. Writes are one transaction per batch (never per point), and a delivered batch is deleted in
+the transaction of the next one, which keeps SD-card wear down (docs/data-path.md, "Measured").
 
 The outbox is bounded in bytes: a put that would take the compressed payload of the queue (plus
 the dead letters) past ``max_bytes`` first drops the oldest batches, and every dropped point is
@@ -48,16 +49,14 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     reason TEXT NOT NULL,
     payload BLOB NOT NULL          -- gzip-compressed line protocol the server rejected
 );
+-- totals since the file was created: delivered_points/_batches, dropped_points/_batches,
+-- dead_lettered_points, dead_letters_pruned_points, disk_full_events; and the drain-rate window:
+-- rate_prev_ns/_points, rate_cur_ns/_points, last_delivery_ns
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
-
-# persisted counters (meta keys); all totals since the outbox file was created
-COUNTERS = ("delivered_points", "delivered_batches", "dropped_points", "dropped_batches",
-            "dead_lettered_points", "dead_letters_pruned_points", "disk_full_events",
-            "rate_prev_ns", "rate_prev_points", "rate_cur_ns", "rate_cur_points", "last_delivery_ns")
 
 
 def is_disk_full(exc: BaseException) -> bool:
