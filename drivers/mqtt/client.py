@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -62,6 +63,9 @@ class MqttSubscriber:
         self.client.on_message = self._on_message
         self.connect_failures = 0
         self.last_error = ""
+        self._inbox: list[tuple[str, bytes, Callable[[], None]]] = []
+        self._inbox_lock = threading.Lock()
+        self._wake_pending = False
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -122,12 +126,22 @@ class MqttSubscriber:
                 client.ack(mid, qos)
 
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._deliver, topic, payload, ack)
+        # one wake-up of the event loop per burst, not per message: the inbox is drained in one go
+        with self._inbox_lock:
+            self._inbox.append((topic, payload, ack))
+            wake = not self._wake_pending
+            self._wake_pending = True
+        if wake:
+            self._loop.call_soon_threadsafe(self._drain)
 
     # event loop ----------------------------------------------------------------------------
-    def _deliver(self, topic: str, payload: bytes, ack: Callable[[], None]) -> None:
-        self.messages += 1
-        self.on_message(topic, payload, ack)
+    def _drain(self) -> None:
+        with self._inbox_lock:
+            inbox, self._inbox = self._inbox, []
+            self._wake_pending = False
+        for topic, payload, ack in inbox:
+            self.messages += 1
+            self.on_message(topic, payload, ack)
 
     def _where(self) -> str:
         return f"{self.settings.host}:{self.settings.port}"
