@@ -229,6 +229,9 @@ class _OutboxSinkSettings(_Strict):
     timeout_s: PositiveSeconds = 10.0
     batch_max_points: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
     batch_max_age_s: PositiveSeconds = 1.0
+    # readings of MQTT QoS 1 messages are committed (and the messages acknowledged) within this
+    # time, whatever batch_max_age_s says: brokers hold few unacknowledged messages per client
+    ack_max_wait_s: Annotated[float, Field(ge=0.005, le=10)] = 0.05
     # one request carries several queued batches up to this many compressed bytes when catching up
     max_request_bytes: Annotated[int, Field(ge=1024, le=64 << 20)] = 1 << 20
     # compressed line protocol kept on disk for this sink; past it the oldest batches are dropped

@@ -122,7 +122,8 @@ class Gateway:
         outbox = Outbox.open(self.data_dir / f"outbox-{s.name}.sqlite3", fsync=s.fsync, max_bytes=s.max_outbox_bytes)
         return OutboxSink(s.name, writer, outbox, s.batch_max_points, s.batch_max_age_s,
                           max_request_bytes=s.max_request_bytes, retry_max_s=s.retry_max_s,
-                          create_database=isinstance(s, InfluxDB1Sink) and s.create_database)
+                          create_database=isinstance(s, InfluxDB1Sink) and s.create_database,
+                          ack_max_wait_s=s.ack_max_wait_s)
 
     def _make_bus(self, b) -> ModbusBus | Dlt645Client:
         if isinstance(b, ModbusTcpBus):

@@ -303,8 +303,14 @@ class OutboxSink:
 
     def __init__(self, name: str, writer: Writer, outbox: Outbox, batch_max_points: int,
                  batch_max_age_s: float, max_request_bytes: int = 1 << 20, retry_max_s: float = BACKOFF_MAX_S,
-                 auth_retry_s: float = AUTH_RETRY_S, create_database: bool = False) -> None:
+                 auth_retry_s: float = AUTH_RETRY_S, create_database: bool = False,
+                 ack_max_wait_s: float = 0.05) -> None:
         self.name = name
+        # MQTT messages wait for their commit before they are acknowledged, and a broker keeps only
+        # so many unacknowledged messages in flight per client (mosquitto: 20): readings that carry
+        # acks are committed after this short wait instead of the batch age, or QoS 1 would crawl
+        self.ack_max_wait_s = ack_max_wait_s
+        self._acks_since = 0.0
         self.writer = writer
         self.outbox = outbox
         self.batch_max_points = batch_max_points
@@ -340,6 +346,8 @@ class OutboxSink:
             self._pending.append(line_protocol)
             self._pending_points += points
         if ack is not None:
+            if not self._pending_acks:
+                self._acks_since = time.monotonic()
             self._pending_acks.append(ack)
         if self._pending_points >= self.batch_max_points:
             self.commit()
@@ -399,10 +407,12 @@ class OutboxSink:
                        asyncio.create_task(self._send_loop(), name=f"sink-{self.name}-send")]
 
     async def _commit_loop(self) -> None:
+        tick = min(self.batch_max_age_s / 4, self.ack_max_wait_s / 2)
         while True:
-            await asyncio.sleep(self.batch_max_age_s / 4)
-            if (self._pending and time.monotonic() - self._pending_since >= self.batch_max_age_s) or (
-                    self._pending_acks and not self._pending):
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if (self._pending and now - self._pending_since >= self.batch_max_age_s) or (
+                    self._pending_acks and (not self._pending or now - self._acks_since >= self.ack_max_wait_s)):
                 self.commit()
             try:
                 # deliveries are deleted with the next put; when no put comes, do it on its own
