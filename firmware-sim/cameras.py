@@ -52,10 +52,20 @@ def _poisson(mean: float, u: float) -> int:
     return k
 
 
+@dataclass(frozen=True, slots=True)
+class Crowd:
+    """An injected crowd at the gate: ``per_min`` extra people entering between start and end."""
+
+    start_s: float
+    end_s: float
+    per_min: float
+
+
 class PeopleCountingCamera:
-    def __init__(self, spec: CameraSpec, seed: int) -> None:
+    def __init__(self, spec: CameraSpec, seed: int, crowds: tuple[Crowd, ...] = ()) -> None:
         self.spec = spec
         self.seed = seed
+        self.crowds = tuple(crowds)  # fixed at construction: the totals are built slot by slot from them
         self.posts = 0
         # running totals since the last reset, extended slot by slot as time goes on
         self._reset_slot: tuple[float, int] = (-1.0, -1)  # (day start, first slot counted)
@@ -73,8 +83,11 @@ class PeopleCountingCamera:
         rate_in, rate_out = flow_per_min(local_hour(t_mid), self.spec.peak_per_min)
         scale = self.spec.slot_s / 60.0
         day = int(day_start_s)
-        return (_poisson(rate_in * scale, uniform01(self.seed, self.spec.device, "in", day, slot)),
-                _poisson(rate_out * scale, uniform01(self.seed, self.spec.device, "out", day, slot)))
+        entered = _poisson(rate_in * scale, uniform01(self.seed, self.spec.device, "in", day, slot))
+        for c in self.crowds:
+            if c.start_s <= t_mid < c.end_s:
+                entered += _poisson(c.per_min * scale, uniform01(self.seed, self.spec.device, "crowd", day, slot))
+        return entered, _poisson(rate_out * scale, uniform01(self.seed, self.spec.device, "out", day, slot))
 
     def last_reset_s(self, t_s: float) -> float:
         """Local midnight or the last reboot before t, whichever is later."""
@@ -100,14 +113,22 @@ class PeopleCountingCamera:
         self._counted_to, self._totals = max(self._counted_to, done), (n_in, n_out)
         return n_in, n_out
 
+    def _period(self, t_s: float) -> int:
+        # a time computed as k * report_s may land a hair below the boundary: it still opens period k
+        return math.floor(t_s / self.spec.report_s + 1e-6)
+
+    def next_report_s(self, t_s: float) -> float:
+        """When the next ``report_s`` period begins after t (the next time ``poll`` has something)."""
+        return (self._period(t_s) + 1) * self.spec.report_s
+
     def poll(self, t_s: float) -> list[MqttMessage]:
         """A report when a new ``report_s`` period has begun."""
-        period = int(t_s // self.spec.report_s)
+        period = self._period(t_s)
         if period == self._last_report_slot:
             return []
         self._last_report_slot = period
         self.posts += 1
-        t_ms = int(t_s * 1000)
+        t_ms = round(t_s * 1000)  # a time computed as a float sum lands on its millisecond
         enter, exit_ = self.totals_at(t_ms / 1000)
         stamp = local_rfc3339_ms(t_ms)
         doc = {
@@ -120,4 +141,5 @@ class PeopleCountingCamera:
         }
         return [MqttMessage(f"{TOPIC_ROOT}/{self.spec.device}/peopleCounting", doc, t_ms, self.spec.device,
                             "people_counter", {"gate": self.spec.gate},
-                            {"in_total": float(enter), "out_total": float(exit_)})]
+                            {"in_total": float(enter), "out_total": float(exit_)},
+                            (("dateTime",), ("peopleCounting", "RealTime", "time")))]

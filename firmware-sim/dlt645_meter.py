@@ -17,6 +17,8 @@ collide: the line carries the bytewise AND of the frames, as overlapping drivers
 
 Faults are injected on request, per meter, and labelled in ``meter.faults.log``: silence, bad
 checksum, a garbled data byte, noise before the reply, a truncated reply, a wrong address, a delay.
+Scenario runs schedule them in time instead: ``line_fault(t_ns)`` names the fault active at a
+request (``offline``, ``crc_error`` or ``garbled``), and each one is written to the served log.
 
 Run from Python::
 
@@ -70,6 +72,19 @@ FORMATS: dict[int, tuple[int, int, bool]] = {
 }
 
 Values = Union[Mapping[int, float], Callable[[int], "float | None"]]
+
+# What a scenario meter serves: energy_meter field -> (DI, factor from the field's unit to the
+# wire's). Fields in W go on the wire in kW (reference section 5).
+FIELD_DI: dict[str, tuple[int, float]] = {
+    "energy_total": (0x00000000, 1.0), "energy_import": (0x00010000, 1.0), "energy_export": (0x00020000, 1.0),
+    **{f"voltage_l{p}": (0x02010000 | p << 8, 1.0) for p in (1, 2, 3)},
+    **{f"current_l{p}": (0x02020000 | p << 8, 1.0) for p in (1, 2, 3)},
+    "active_power": (0x02030000, 0.001),
+    **{f"active_power_l{p}": (0x02030000 | p << 8, 0.001) for p in (1, 2, 3)},
+    "reactive_power": (0x02040000, 0.001), "apparent_power": (0x02050000, 0.001),
+    "power_factor": (0x02060000, 1.0), "frequency": (0x02800002, 1.0),
+}
+LINE_FAULTS = ("offline", "crc_error", "garbled")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,9 +197,13 @@ class SimMeter:
         faults: Faults | None = None,
         served_log: Callable[[dict], None] | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        device: str | None = None,
+        line_fault: Callable[[int], str | None] | None = None,
     ) -> None:
         self.served_log = served_log  # every value put on the wire, for tests to compare against
         self.clock_ns = clock_ns
+        self.device = device  # the name a scenario gives the meter, carried into the served log
+        self.line_fault = line_fault  # t_ns -> one of LINE_FAULTS active then, or None
         self.address = address
         self.wire = wire_address(address)
         self.values = values
@@ -223,18 +242,32 @@ class SimMeter:
             if self.served_log is not None:
                 decimals = fmt[1]
                 served = int(round(abs(float(value)) * 10**decimals)) / 10**decimals  # exactly what the BCD says
-                self.served_log({"t_ns": self.clock_ns(), "kind": "dlt645", "address": self.address, "di": di,
-                                 "value": -served if value < 0 else served})
+                record = {"t_ns": self.clock_ns(), "kind": "dlt645", "address": self.address, "di": di,
+                          "value": -served if value < 0 else served}
+                if self.device is not None:
+                    record["device"] = self.device
+                self.served_log(record)
             return build_frame(self.wire, 0x91, data[:4] + bcd, p)
         self.requests.append((control, None))
         return build_frame(self.wire, (control & 0x1F) | 0xC0, bytes([ERR_OTHER]), p)
 
     def apply_faults(self, reply: bytes, rng: random.Random) -> bytes | None:
         f = self.faults
-        if f.take("silent"):
+        scheduled = None
+        if self.line_fault is not None:
+            t_ns = self.clock_ns()
+            scheduled = self.line_fault(t_ns)
+            if scheduled is not None and self.served_log is not None:
+                self.served_log({"t_ns": t_ns, "kind": "dlt645", "address": self.address, "device": self.device,
+                                 "line_fault": scheduled})
+        if scheduled == "offline" or f.take("silent"):
             return None
         out = bytearray(reply)
         start = out.index(START)
+        if scheduled == "garbled" and len(out) - start > 12:
+            out[start + 10 + rng.randrange(len(out) - start - 12)] ^= 0x10  # a data byte: the checksum fails
+        elif scheduled == "crc_error":
+            out[-2] = (out[-2] + 1) & 0xFF
         if f.take("wrong_address"):
             other = bytes(((b & 0x0F) + 1) % 10 | (b & 0xF0) for b in self.wire)  # bump each low digit
             out[start + 1 : start + 7] = other

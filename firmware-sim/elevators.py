@@ -12,6 +12,11 @@ and, with someone inside, TRAPPED_BETWEEN_FLOORS after their timers; a door that
 raises DOOR_REPEATED_REOPEN after more than 11 toggles; a passenger can press the alarm button.
 Faults clear the way [R1] clears them: at level, the door opens and then closes.
 
+Faults can also be forced at a given time (``ForcedFault``, from a scenario's ``[[faults]]``): the
+car is planned to be stuck between floors with people inside (``trapped_passenger``) or to creep to
+the next landing with its door open (``door_open_while_moving``) exactly then, the idle wait before
+being shortened so that the trip leading to the fault starts in time.
+
 Deterministic for a seed: the car's day is planned from local midnight with hashed draws, so the
 state at a given time does not depend on when the simulator started.
 """
@@ -36,6 +41,8 @@ REOPEN_CYCLES = 6  # six reopenings are twelve door toggles: more than the 11 th
 REOPEN_STROKE = 0.4  # a blocked door turns back about 40 % into its closing stroke
 DWELL_PER_PASSENGER_S = 0.8
 MAX_IDLE_S = 1800.0  # a call at least every half hour, so a quiet night does not skip the morning rise
+MAX_GROUP = 6  # the most passengers _call boards at once
+FORCED_KINDS = ("trapped_passenger", "door_open_while_moving")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,7 @@ class Segment:
     speed_mps: float = 0.0  # travel: the cruising speed of the profile
     mode: str = "normal"
     runs: int = 0  # the run counter during this segment
+    door: str = "closed"  # travel and stuck: the door (open only in a door_open_while_moving fault)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +103,27 @@ class AlarmEvent:
     code: str
     state: str  # raised | cleared
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedFault:
+    """A fault planned into the car's day at a simulated time (``kind`` one of FORCED_KINDS)."""
+
+    kind: str
+    start_s: float
+    duration_s: float
+
+
+def creep_speed_mps(distance_m: float, duration_s: float, accel_mps2: float) -> float:
+    """The cruising speed that covers ``distance_m`` in exactly ``duration_s`` (a slow creep).
+
+    From travel_time_s: duration = distance / v + v / a, the smaller root; needs the duration to be
+    at least the accelerate-then-brake minimum 2 * sqrt(distance / a).
+    """
+    disc = (accel_mps2 * duration_s) ** 2 - 4 * accel_mps2 * distance_m
+    if disc < 0:
+        raise ValueError(f"{distance_m} m cannot take {duration_s} s at {accel_mps2} m/s^2: too short")
+    return (accel_mps2 * duration_s - math.sqrt(disc)) / 2
 
 
 def travel_time_s(distance_m: float, speed_mps: float, accel_mps2: float) -> float:
@@ -119,16 +148,26 @@ def travel_progress(distance_m: float, speed_mps: float, accel_mps2: float, dt: 
 
 
 class ElevatorMonitor:
-    def __init__(self, spec: ElevatorSpec, seed: int, start_s: float) -> None:
+    def __init__(self, spec: ElevatorSpec, seed: int, start_s: float, forced: tuple[ForcedFault, ...] = ()) -> None:
         self.spec = spec
         self.seed = seed
         self._trips = 0
         self._pending: list[AlarmEvent] = []
         self.active: set[str] = set()
         anchor = local_midnight_s(start_s)
+        for f in forced:
+            if f.kind not in FORCED_KINDS:
+                raise ValueError(f"unknown forced elevator fault {f.kind!r} (known: {', '.join(FORCED_KINDS)})")
+        self._forced: deque[ForcedFault] = deque(sorted((f for f in forced if f.start_s >= anchor),
+                                                        key=lambda f: f.start_s))
+        self._forced_next: ForcedFault | None = None  # the idle now being planned ends in this fault's trip
+        self.forced_windows: dict[ForcedFault, tuple[float, float]] = {}  # as planned: the car's real window
+        self._max_trip_s = self._longest_trip_s()
         lobby = float(spec.lobby_floor)
-        self._segments: deque[Segment] = deque(
-            [Segment("idle", anchor, anchor + self._wait(anchor), lobby, lobby, runs=spec.start_run_count)])
+        # an empty segment that carries the run count; the day's first wait follows it
+        self._segments: deque[Segment] = deque([Segment("idle", anchor, anchor, lobby, lobby,
+                                                        runs=spec.start_run_count)])
+        self._append_idle(anchor, lobby)
         # the morning so far happened before this monitor was switched on: live it silently
         self._plan_until(start_s)
         while self._pending and self._pending[0].t_s <= start_s:
@@ -199,14 +238,55 @@ class ElevatorMonitor:
         while self._segments[-1].t1 <= t_s:
             self._plan_trip(self._segments[-1].t1)
 
+    def _door_cycle_s(self, passengers: int) -> float:
+        s = self.spec
+        return s.door_open_s + s.door_dwell_s + DWELL_PER_PASSENGER_S * passengers + s.door_close_s
+
+    def _longest_trip_s(self) -> float:
+        """An upper bound of an ordinary trip: empty run across the shaft, then back with a full car."""
+        s = self.spec
+        shaft = travel_time_s((s.top_floor - s.lowest_floor) * s.floor_height_m, s.rated_speed_mps,
+                              s.acceleration_mps2)
+        reopen = REOPEN_CYCLES * (REOPEN_STROKE * (s.door_close_s + s.door_open_s) + s.door_dwell_s)
+        return 2 * shaft + 2 * self._door_cycle_s(MAX_GROUP) + reopen
+
+    def _forced_people(self, n: int) -> int:
+        return 1 + int(self._h("forced_group", n) * 3)
+
+    def _forced_lead_s(self, f: ForcedFault, floor: float) -> float:
+        """From the start of the fault's trip to the start of the fault itself."""
+        s = self.spec
+        people = self._forced_people(self._trips)
+        if f.kind == "trapped_passenger":
+            half = travel_time_s(0.5 * s.floor_height_m, s.rated_speed_mps, s.acceleration_mps2)
+            return self._door_cycle_s(people) + half
+        return s.door_open_s + s.door_dwell_s + DWELL_PER_PASSENGER_S * people
+
+    def _append_idle(self, t: float, floor: float) -> None:
+        """The car waits for the next call; a forced fault coming up cuts the wait so its trip starts in time."""
+        wait = self._wait(t)
+        if self._forced and self._forced_next is None:
+            f = self._forced[0]
+            depart = f.start_s - self._forced_lead_s(f, floor)
+            if depart < t + wait + self._max_trip_s:
+                wait = max(0.0, depart - t)
+                self._forced_next = self._forced.popleft()
+        self._append("idle", t, wait, floor)
+
     def _plan_trip(self, t: float) -> None:
+        if self._forced_next is not None:
+            f, self._forced_next = self._forced_next, None
+            self._plan_forced(t, f)
+            return
         s = self.spec
         n = self._trips
         self._trips += 1
         car = self._segments[-1].pos1
         origin, dest, people = self._call(n, t)
         fault = None
-        if self._h("fault", n) < s.fault_probability:
+        # no random fault when a forced one is near: a long rescue would push the forced one back
+        forced_near = bool(self._forced) and self._forced[0].start_s < t + s.rescue_s + 2 * self._max_trip_s
+        if not forced_near and self._h("fault", n) < s.fault_probability:
             u = self._h("fault_kind", n)
             fault = "reopen" if u < 0.45 else "alarm_button" if u < 0.8 else "stuck"
         if car != origin:
@@ -222,21 +302,68 @@ class ElevatorMonitor:
             t = self._doors(t, dest, people, 0)
             if fault == "alarm_button":
                 self._clear(t, "ALARM_BUTTON", "doors opened and closed at a landing")
-        self._append("idle", t, self._wait(t), float(dest))
+        self._append_idle(t, float(dest))
 
-    def _stuck_between_floors(self, t: float, n: int, origin: int, dest: int, people: int) -> tuple[float, int]:
-        """The car stops between two landings with people inside until a technician brings it down."""
+    def _plan_forced(self, t: float, f: ForcedFault) -> None:
+        """The trip that puts the car into a forced fault at ``f.start_s`` (later if it was busy)."""
         s = self.spec
+        n = self._trips
+        self._trips += 1
+        car = int(round(self._segments[-1].pos1))
+        people = self._forced_people(n)
+        sign = 1 if car < s.top_floor else -1
+        if f.kind == "trapped_passenger":
+            t = self._doors(t, car, 0, people)
+            stop_at = t + travel_time_s(0.5 * s.floor_height_m, s.rated_speed_mps, s.acceleration_mps2)
+            self.forced_windows[f] = (stop_at, stop_at + f.duration_s)
+            t, landing = self._stuck_between_floors(t, n, car, car + sign, people, stuck_s=f.duration_s, gap=0)
+        else:
+            # the door opens for people to step in and never closes: the car creeps off with it open
+            t = self._append("opening", t, s.door_open_s, car)
+            t = self._append("open", t, s.door_dwell_s + DWELL_PER_PASSENGER_S * people, car, passengers=people)
+            landing = car + sign
+            speed = creep_speed_mps(s.floor_height_m, f.duration_s, s.acceleration_mps2)
+            self.forced_windows[f] = (t, t + f.duration_s)
+            self._raise(t + min(1.0, f.duration_s / 2), "DOOR_OPEN_WHILE_RUNNING", f"car moving from floor {car} "
+                        "with its door open")
+            runs = self._segments[-1].runs + 1
+            self._segments.append(Segment("travel", t, t + f.duration_s, car, landing, people, speed, "normal", runs,
+                                          door="open"))
+            t += f.duration_s
+            t = self._append("open", t, s.door_dwell_s + DWELL_PER_PASSENGER_S * people, landing)
+            t = self._append("closing", t, s.door_close_s, landing)
+            self._clear(t, "DOOR_OPEN_WHILE_RUNNING", f"door closed at floor {landing}")
+        self._append_idle(t, float(landing))
+
+    def forced_window(self, f: ForcedFault) -> tuple[float, float] | None:
+        """When the car is really in forced fault ``f`` (None: before this monitor's day began).
+
+        Plans the car's day up to the fault, so it is known before it happens (for the ground truth).
+        """
+        if f not in self.forced_windows:
+            self._plan_until(f.start_s + f.duration_s + 2 * self._max_trip_s + MAX_IDLE_S)
+        return self.forced_windows.get(f)
+
+    def _stuck_between_floors(self, t: float, n: int, origin: int, dest: int, people: int,
+                              stuck_s: float | None = None, gap: int | None = None) -> tuple[float, int]:
+        """The car stops between two landings with people inside until a technician brings it down.
+
+        ``stuck_s``: how long until the rescue (default the spec's rescue_s); ``gap``: how many
+        landings it passes before it stops (default a random share of the trip).
+        """
+        s = self.spec
+        stuck_s = s.rescue_s if stuck_s is None else stuck_s
         sign = 1 if dest > origin else -1
-        gap = int(self._h("stuck_gap", n) * abs(dest - origin))
+        if gap is None:
+            gap = int(self._h("stuck_gap", n) * abs(dest - origin))
         stop = origin + sign * (gap + 0.5)
         t = self._travel(t, origin, stop, people)
         stopped = t
-        t = self._append("stuck", t, s.rescue_s, stop, passengers=people)
+        t = self._append("stuck", t, stuck_s, stop, passengers=people)
         raised = []
         for code, after_s in (("STOPPED_OUTSIDE_DOOR_ZONE", s.outside_zone_alarm_s),
                               ("TRAPPED_BETWEEN_FLOORS", s.trapped_alarm_s)):
-            if after_s < s.rescue_s:  # rescued before the timer ran out: the monitor never saw a fault
+            if after_s < stuck_s:  # rescued before the timer ran out: the monitor never saw a fault
                 self._raise(stopped + after_s, code, f"car stopped between floors {stop - 0.5:g} and {stop + 0.5:g}")
                 raised.append(code)
         landing = origin + sign * (gap + 1)
@@ -275,9 +402,25 @@ class ElevatorMonitor:
                 pos, speed, direction, up = seg.pos0, 0.0, "stopped", True
             # a monitor counts landings as the car passes their door-zone sensors: the last one passed
             floor = math.floor(pos + 1e-9) if up else math.ceil(pos - 1e-9)
-            return CarState(floor, direction, "closed", False, seg.passengers, speed, seg.mode, seg.runs)
+            return CarState(floor, direction, seg.door, False, seg.passengers, speed, seg.mode, seg.runs)
         door = "closed" if seg.kind == "idle" else seg.kind
         return CarState(int(round(seg.pos0)), "stopped", door, True, seg.passengers, 0.0, seg.mode, seg.runs)
+
+    def next_poll_s(self, t_s: float, tick_s: float) -> float:
+        """When ``poll`` next has something to say, after a poll at t.
+
+        While the car travels it passes landings at any moment: look again a tick later. Otherwise
+        nothing changes before the current segment ends, the next alarm event or the status period.
+        """
+        seg = next((g for g in self._segments if g.t0 <= t_s < g.t1), None)
+        if seg is None:
+            return t_s + tick_s
+        if seg.kind == "travel":
+            return max(min(t_s + tick_s, seg.t1), t_s + 1e-3)  # and exactly when the car stops
+        nxt = min(seg.t1, self._last_status_s + self.spec.status_idle_s)
+        if self._pending:
+            nxt = min(nxt, self._pending[0].t_s)
+        return max(nxt, t_s + 1e-3)
 
     def _prune(self, t_s: float) -> None:
         while len(self._segments) > 1 and self._segments[0].t1 <= t_s:
@@ -311,7 +454,7 @@ class ElevatorMonitor:
         return f"{TOPIC_ROOT}/{self.spec.building}/{self.spec.elevator_id}/{kind}"
 
     def _status(self, t_s: float, st: CarState) -> MqttMessage:
-        t_ms = int(t_s * 1000)
+        t_ms = round(t_s * 1000)  # a time computed as a float sum lands on its millisecond
         speed = round(st.speed_mps, 2)
         load = round(100.0 * st.passengers * PASSENGER_KG / self.spec.rated_load_kg, 1)
         faults = sorted(self.active)
@@ -329,10 +472,10 @@ class ElevatorMonitor:
             "faults_active": float(len(faults)),
         }
         return MqttMessage(self._topic("status"), doc, t_ms, self.spec.elevator_id, "elevator",
-                           {"building": self.spec.building}, values)
+                           {"building": self.spec.building}, values, (("ts",),))
 
     def _event(self, t_s: float, event: AlarmEvent) -> MqttMessage:
-        t_ms = int(t_s * 1000)
+        t_ms = round(t_s * 1000)  # a time computed as a float sum lands on its millisecond
         st = self.state_at(t_s) if t_s >= self._segments[0].t0 else None
         doc = {
             "type": "event",
@@ -347,4 +490,4 @@ class ElevatorMonitor:
                        occupied=st.passengers > 0)
             values.update(floor=float(st.floor), occupied=float(st.passengers > 0))
         return MqttMessage(self._topic("event"), doc, t_ms, self.spec.elevator_id, "elevator_alarm",
-                           {"building": self.spec.building, "code": event.code}, values)
+                           {"building": self.spec.building, "code": event.code}, values, (("ts",),))

@@ -18,7 +18,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from firmware_sim.faults import MeterFault, apply_faults
 from firmware_sim.loads import LoadModel, _hash01
-from firmware_sim.register_map import MappedRegister, RegisterMap
+from firmware_sim.register_map import RegisterMap
 
 FUNCTION_OF_CODE = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
 _TUPLE_INDEX = {"coil": 0, "discrete": 1, "holding": 2, "input": 3}
@@ -33,7 +33,7 @@ class SimMeter:
     register_map: RegisterMap
     load: LoadModel
     start_kwh: float = 0.0
-    phases: int = 3
+    phases: int = 0  # 1 or 3; 0: as the register map says (a map with voltage_l1 is a three-phase meter)
     clock_ns: Callable[[], int] = time.time_ns
     faults: list[MeterFault] = field(default_factory=list)
     _import_kwh: float = field(default=0.0, init=False)
@@ -42,8 +42,9 @@ class SimMeter:
 
     def __post_init__(self) -> None:
         self._import_kwh = self.start_kwh
-        fields = {r.field for r in self.register_map.registers}
-        self.phases = 3 if "voltage_l1" in fields else 1
+        if not self.phases:
+            fields = {r.field for r in self.register_map.registers}
+            self.phases = 3 if "voltage_l1" in fields else 1
 
     def served_at(self, t_s: float) -> dict[str, float] | None:
         """What the meter answers at ``t_s``, faults included (None: it does not answer)."""
@@ -143,7 +144,16 @@ def tcp_server(bank: MeterBank, host: str, port: int) -> ModbusTcpServer:
     return ModbusTcpServer(bank.sim_devices(), address=(host, port))
 
 
-def rtu_server(bank: MeterBank, port: str, baudrate: int = 9600, parity: str = "N", stopbits: int = 1) -> ModbusSerialServer:
-    """The same meters on an RS-485 line (a serial device, e.g. one end of a socat pty pair)."""
+def rtu_server(bank: MeterBank, port: str, baudrate: int = 9600, parity: str = "N", stopbits: int = 1,
+               on_reply: Callable[[bytes], bytes] | None = None) -> ModbusSerialServer:
+    """The same meters on an RS-485 line (a serial device, e.g. one end of a socat pty pair).
+
+    ``on_reply`` sees every reply frame (unit id, PDU, CRC) before it goes on the line and returns
+    what is really sent: a corrupted frame, or nothing for a meter that stays silent.
+    """
+    trace = None
+    if on_reply is not None:
+        def trace(sending: bool, packet: bytes) -> bytes:
+            return on_reply(packet) if sending else packet
     return ModbusSerialServer(bank.sim_devices(), port=port, baudrate=baudrate, parity=parity,
-                              stopbits=stopbits, bytesize=8)
+                              stopbits=stopbits, bytesize=8, trace_packet=trace)

@@ -45,13 +45,36 @@ class ParkingSensor:
     last_state: bool | None = None
     last_sent_s: float = -1e18
     forced_until_s: float = -1.0  # an injected "car parked here" until this time
+    # injected cars parked over the sensor: (start, end) in simulated seconds
+    parked: list[tuple[float, float]] = field(default_factory=list)
     extra_tags: dict[str, str] = field(default_factory=dict)
+    # cars come and go at any time, not in step across a car park: each sensor's slots are shifted
+    phase_s: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.phase_s = _hash01(self.seed, self.dev_eui, "phase") * self.slot_s
+
+    def _slot(self, t_s: float) -> int:
+        # a time computed as k * slot_s may land a hair below the boundary: it still is slot k
+        return math.floor((t_s + self.phase_s) / self.slot_s + 1e-6)
+
+    def boot_delay_s(self) -> float:
+        """When the sensor's first uplink comes after the network is up: sensors joined at different times."""
+        return _hash01(self.seed, self.dev_eui, "boot") * min(self.heartbeat_s, self.slot_s)
 
     def occupied_at(self, t_s: float) -> bool:
-        if t_s < self.forced_until_s:
+        if t_s < self.forced_until_s or any(a <= t_s < b for a, b in self.parked):
             return True
-        slot = int(t_s // self.slot_s)
-        return _hash01(self.seed, self.dev_eui, slot) < occupancy_probability(t_s, self.zone)
+        return _hash01(self.seed, self.dev_eui, self._slot(t_s)) < occupancy_probability(t_s, self.zone)
+
+    def next_check_s(self, t_s: float) -> float:
+        """The next time after t at which ``due`` may have an uplink: occupancy only changes at slot
+        boundaries and at the edges of injected parking, and heartbeats come on their period."""
+        candidates = [(self._slot(t_s) + 1) * self.slot_s - self.phase_s, self.last_sent_s + self.heartbeat_s]
+        candidates += [edge for a, b in self.parked for edge in (a, b) if edge > t_s]
+        if self.forced_until_s > t_s:
+            candidates.append(self.forced_until_s)
+        return max(min(candidates), t_s + 1e-3)
 
     def due(self, t_s: float) -> tuple[int, dict] | None:
         """The uplink (fPort, decoded object) this sensor sends at t, if any."""
@@ -60,7 +83,7 @@ class ParkingSensor:
             self.last_state = state
             self.last_sent_s = t_s
             return 1, {"type": "parking status", "occupied": state}
-        if t_s - self.last_sent_s >= self.heartbeat_s:
+        if t_s - self.last_sent_s >= self.heartbeat_s - 1e-6:  # scheduled at last + period: allow rounding
             self.last_sent_s = t_s
             temp = round(18 + 8 * math.sin(2 * math.pi * (((t_s + TZ_OFFSET_S) % 86400) / 86400 - 0.3)))
             return 2, {"type": "heartbeat", "occupied": state, "temperature": temp}

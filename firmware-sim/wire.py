@@ -1,9 +1,10 @@
 """What the MQTT devices (elevator monitors, cameras) share: local timestamps and the message they publish."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from firmware_sim.loads import TZ_OFFSET_S
@@ -47,9 +48,22 @@ class MqttMessage:
     measurement: str
     tags: dict[str, str]
     values: dict[str, float]
+    # where the payload carries the device's time (local RFC 3339 with milliseconds), key by key
+    stamp_paths: tuple[tuple[str, ...], ...] = ()
 
     def payload(self) -> bytes:
         return json.dumps(self.doc, separators=(",", ":")).encode()
+
+    def restamped(self, offset_ms: int) -> "MqttMessage":
+        """The same message from a device whose clock is ``offset_ms`` off (clock-skew faults)."""
+        t_ms = self.t_ms + offset_ms
+        doc = copy.deepcopy(self.doc)
+        for path in self.stamp_paths:
+            node = doc
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = local_rfc3339_ms(t_ms)
+        return replace(self, doc=doc, t_ms=t_ms)
 
     def served_record(self) -> dict:
         return {"t_ns": self.t_ms * 1_000_000, "kind": "mqtt", "device": self.device, "topic": self.topic,

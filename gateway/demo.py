@@ -83,7 +83,8 @@ def run_demo(args: argparse.Namespace) -> int:
             for sink in cfg["sinks"]:
                 sink["url"] = influx_url
         else:
-            cfg = gateway_config(scenario, influx_url, DATABASE, str(workdir / "data"), status_interval_s=10.0)
+            cfg = gateway_config(scenario, influx_url, DATABASE, str(workdir / "data"), status_interval_s=10.0,
+                                 sim_dir=workdir / "sim")
         cfg["gateway"]["data_dir"] = str(workdir / "data")
         config.write_text(tomli_w.dumps(cfg))
         gw_log = open(workdir / "gateway.log", "ab")
@@ -91,11 +92,11 @@ def run_demo(args: argparse.Namespace) -> int:
                               stdout=gw_log, stderr=gw_log)
         time.sleep(2.0)  # the gateway subscribes first, so the sensors' first uplinks are not missed
         sim_log = open(workdir / "firmware-sim.log", "ab")
-        sim = subprocess.Popen([sys.executable, "-m", "firmware_sim", "--scenario", str(scenario_path)],
-                               stdout=sim_log, stderr=sim_log)
-        n_devices = len(scenario.meters) + len(scenario.parking)
-        print(f"firmware-sim: {len(scenario.meters)} meters on Modbus TCP {scenario.modbus_tcp.host}:"
-              f"{scenario.modbus_tcp.port}, {len(scenario.parking)} parking sensors over MQTT")
+        # its ptys, clock file and ground truth in the work directory, where the configuration points
+        sim = subprocess.Popen([sys.executable, "-m", "firmware_sim", "--scenario", str(scenario_path),
+                                "--sim-dir", str(workdir / "sim")], stdout=sim_log, stderr=sim_log)
+        n_devices = scenario.device_count()
+        print(f"firmware-sim: {describe(scenario)}")
         print(f"gateway: config {config}, logs {workdir / 'gateway.log'}")
         print(f"query it:  influx -host 127.0.0.1 -port {urllib.parse.urlparse(influx_url).port} -database {DATABASE} "
               f"-execute 'SELECT * FROM energy_meter ORDER BY time DESC LIMIT 5'")
@@ -124,14 +125,36 @@ def run_demo(args: argparse.Namespace) -> int:
         print("demo stopped")
 
 
+def describe(scenario) -> str:
+    """What the simulator serves, by device type and where."""
+    meters = scenario.all_meters()
+    by_protocol = {p: sum(1 for m in meters if m.protocol == p) for p in ("modbus_tcp", "modbus_rtu", "dlt645")}
+    tcp = sorted({(m.host, m.port) for m in meters if m.protocol == "modbus_tcp"})
+    parts = []
+    if by_protocol["modbus_tcp"]:
+        where = f"Modbus TCP {tcp[0][0]}:{tcp[0][1]}" if len(tcp) == 1 else f"{len(tcp)} Modbus TCP ports"
+        parts.append(f"{by_protocol['modbus_tcp']} meters on {where}")
+    if by_protocol["modbus_rtu"]:
+        parts.append(f"{by_protocol['modbus_rtu']} on Modbus RTU")
+    if by_protocol["dlt645"]:
+        parts.append(f"{by_protocol['dlt645']} on DL/T 645")
+    mqtt = [(len(scenario.all_parking()), "parking sensors"), (len(scenario.all_elevators()), "elevators"),
+            (len(scenario.cameras), "cameras")]
+    parts += [f"{n} {what}" for n, what in mqtt if n]
+    return ", ".join(parts) + (" over MQTT" if any(n for n, _ in mqtt) else "")
+
+
+MEASUREMENTS = ("energy_meter", "parking_bay", "elevator", "people_counter")
+
+
 def report(influx_url: str, n_devices: int) -> None:
     window = "time > now() - 10s"
     points = 0
-    for meas in ("energy_meter", "parking_bay"):
+    for meas in MEASUREMENTS:
         for s in influx_query(influx_url, f"SELECT count(*) FROM {meas} WHERE {window}"):
             points += sum(v for v in s["values"][0][1:] if isinstance(v, (int, float)))
     online = 0
-    for meas in ("energy_meter", "parking_bay"):
+    for meas in MEASUREMENTS:
         rows = influx_query(influx_url, f'SHOW TAG VALUES FROM {meas} WITH KEY = "device" WHERE time > now() - 5m')
         online += sum(len(s.get("values", [])) for s in rows)
     total = influx_query(influx_url, "SELECT count(energy_import) FROM energy_meter")

@@ -90,6 +90,7 @@ class Gateway:
         self.pollers: list[PolledDevice] = [self._make_poller(d) for d in cfg.devices]
         self.mqtt: MqttSubscriber | None = None
         self._mqtt_pending: tuple[list, list, list, list] = ([], [], [], [])  # series, ts, values, acks
+        self._mqtt_pending_sids: set[int] = set()  # the series in _mqtt_pending
         self._mqtt_flush_scheduled = False
         self.mqtt_devices: dict[str, float] = {}  # device -> monotonic time of last good message
         if cfg.mqtt is not None and (cfg.subscriptions or cfg.northbound is not None):
@@ -256,6 +257,12 @@ class Gateway:
                     sid = self._series_of.get((line, field))
                     if sid is None:
                         sid = self._series_of[(line, field)] = self.registry.register(r.measurement, r.tags, field)
+                    if sid in self._mqtt_pending_sids:
+                        # the rules take a batch's last reading of a series: a second reading (a car's next
+                        # status) starts a new batch, or a short condition between the two is never seen
+                        self._flush_mqtt()
+                        pend = self._mqtt_pending
+                    self._mqtt_pending_sids.add(sid)
                     pend[0].append(sid)
                     pend[1].append(r.ts_ns)
                     pend[2].append(value)
@@ -289,6 +296,7 @@ class Gateway:
         if not series:
             return
         self._mqtt_pending = ([], [], [], [])
+        self._mqtt_pending_sids = set()
         batch = ReadingBatch.from_arrays(series, ts, values, QUALITY_GOOD)
 
         def ack_all() -> None:
