@@ -109,6 +109,11 @@ class PolledDevice:
         while True:
             await self.clock.sleep_until(next_ns)
             await self.poll_and_emit()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # a client library (pymodbus on 3.11) may swallow the CancelledError inside a
+                # request: the cancellation is still pending on the task, so honour it here
+                raise asyncio.CancelledError
             now = self.clock.now_ns()
             if self.failures_in_row:
                 next_ns = now + int(self.next_delay_s() * 1e9)

@@ -30,7 +30,7 @@ def test_ground_truth_lines_up_with_what_the_meters_served(tmp_path):
     poller; the served log (the devices' raw output) is searched for every labelled fault."""
     at = lambda minutes: SIM_T0 + minutes * 60  # noqa: E731
     faults = [
-        MeterFault("m-spike", "spike", at(20), 10, 6.0),
+        MeterFault("m-spike", "spike", at(20), 60, 6.0),  # 200 ms of wall time at x300: several polls
         MeterFault("m-shift", "level_shift", at(20), 1200, 3000.0),
         MeterFault("m-stuck", "stuck", at(20), 1200),
         MeterFault("m-roll", "rollover", at(30), 10, 100000.0),

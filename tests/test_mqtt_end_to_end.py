@@ -62,6 +62,9 @@ def test_elevators_and_cameras_land_in_influxdb_exactly_as_served(tmp_path, mosq
         wait_for(lambda: found("SELECT * FROM elevator_alarm WHERE active = 0"), 60, "an alarm raised and cleared")
         wait_for(lambda: found("SELECT resets FROM people_counter WHERE resets = 1"), 30,
                  "a camera reboot seen as a counter reset")
+        # enough reports per camera for the checks below, however fast the events above came
+        wait_for(lambda: min(found(f"SELECT in_total FROM people_counter WHERE device = '{d}'")
+                             for d in ("cam-north", "cam-south")) >= 9, 60, "nine reports of each camera")
         assert stop(sim) == 0
         records = [json.loads(line) for line in served_path.read_text().splitlines() if line.strip()]
         served = {m: sum(1 for r in records if r["measurement"] == m)
