@@ -372,7 +372,9 @@ def test_simulator_cli_serves_tcp_as_a_subprocess():
 def test_missing_socat_fails_with_the_install_command(monkeypatch):
     import tests.ptys as ptys
 
-    monkeypatch.setattr(ptys.shutil, "which", lambda name: None)
+    import firmware_sim.serial_link as serial_link
+
+    monkeypatch.setattr(serial_link.shutil, "which", lambda name: None)
     with pytest.raises(ptys.SocatError, match="apt-get install socat"):
         with ptys.pty_pair():
             pass
