@@ -8,8 +8,12 @@ Why this shape:
 * Every detector is *causal*: a point is scored against the state built from the points before it
   and only then folded into the state. Nothing depends on where a batch starts or ends, so feeding
   a series whole or split into any batches gives bitwise identical scores (a test checks this).
-* Per-series state is packed row-wise (one 64-byte row of floats and one of ints per series) so a
-  point touches two cache lines instead of one line per detector variable.
+* Per-series state is packed row-wise (one 128-byte row per series: eight float64 and eight int64
+  fields) so a reading touches one row instead of one cache line per detector variable.
+* Most readings change no score. The kernel computes that case straight through, keeping the new
+  state in registers, and hands any other reading (first values, anything that scores or is
+  clipped, counter anomalies) to a general path that covers every case with the same arithmetic:
+  results are bitwise those of the general path alone (a test checks this on random data).
 * NaN and infinite values are missing readings: they score 0 with reason ``REASON_NONE`` and do not
   touch the state. No ``fastmath``: NaN handling stays explicit and IEEE behaviour predictable.
 
@@ -48,7 +52,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from pipelines._prefetch import prefetch_row
+from pipelines._prefetch import as_float64, prefetch_row
 from pipelines.growth import grown_capacity
 from pipelines.batch import ReadingBatch
 
@@ -71,7 +75,7 @@ REASON_NAMES = {
 # deviation by sqrt(pi/2) gives a sigma-equivalent scale, so z thresholds read like usual z-scores.
 MAD_TO_SIGMA = 1.2533141373155003
 
-PREFETCH_AHEAD = 12  # points; enough to cover an L2/L3 miss at ~20 ns per point
+PREFETCH_AHEAD = 12  # readings; enough to cover an L2/L3 miss at ~30 ns per reading
 DAY_NS = 86_400 * 1_000_000_000
 HOUR_NS = 3_600 * 1_000_000_000
 CHINA_UTC_OFFSET_S = 8 * 3600  # China Standard Time, no daylight saving
@@ -163,25 +167,39 @@ def pack_params(params: Sequence[DetectorParams]) -> np.ndarray:
     return table
 
 
-# Row layout of the per-series state (one cache line each).
+# Row layout of the per-series state: one 128-byte row per series, eight float64 fields then eight
+# int64 fields. The kernels get the same buffer twice, as float64 (F) and as int64 (R), and index
+# both with the row offset s * NR.
 F_MEAN, F_DEV, F_LAST_X, F_LAST_V, F_PREV_V, F_STEP_DEV = range(6)
 NF = 8
-I_NV, I_NRAW, I_LAST_TS, I_RUN, I_RUN_START, I_LAST_SPIKE, I_OUTLIERS, I_STEP_OUTLIERS = range(8)
+I_NV, I_NRAW, I_LAST_TS, I_RUN, I_RUN_START, I_LAST_SPIKE, I_OUTLIERS, I_STEP_OUTLIERS = range(NF, NF + 8)
 NI = 8
+NR = NF + NI
 S_MEAN, S_DEV, S_COUNT, S_OUTLIERS = range(4)
 NS = 4
+# G (int64): geometry, then one row of NQ per kind: the kind's parameters (read as float64 through
+# a view; the kernel's copy of the table, one base register with everything else it reads per
+# kind) and integer thresholds derived from them whenever they change, so that counts are compared
+# with integers instead of being converted and multiplied on every reading.
+G_CAP, G_OFF, G_SLOT, G_SPD, G_NKINDS = range(5)
+G_Q0 = 8
+Q_WARM, Q_LVL_A, Q_SPK_A, Q_SEAS_A, Q_SEAS_MIN, Q_FLAT_N = range(N_PARAMS, N_PARAMS + 6)
+NQ = 32
+NEVER = np.int64(1) << 62  # a count no series reaches
 
 
 class DetectorState:
     """Per-series detector state in arrays indexed by series id; grows by doubling.
 
-    ``f`` (cap, 8) float64 and ``i`` (cap, 8) int64 hold the level, spike, flatline and counter
-    state; ``seasonal`` (2 * slots_per_day, cap, 4) float32 holds mean, deviation and count per
-    time-of-day slot. The slot axis comes first so that the many series reporting at the same time
-    of day touch neighbouring memory. float32 is plenty for a baseline and halves the largest array.
+    ``f`` (cap, 8) float64 and ``i`` (cap, 8) int64 (views of one buffer of 128-byte rows) hold the
+    level, spike, flatline and counter state; ``seasonal`` (2 * slots_per_day, cap, 4) float32
+    holds mean, deviation and count per time-of-day slot. The slot axis comes first so that the
+    many series reporting at the same time of day touch neighbouring memory. float32 is plenty for
+    a baseline and halves the largest array.
     """
 
-    __slots__ = ("cap", "f", "i", "seasonal", "slots_per_day", "utc_offset_s", "_scratch")
+    __slots__ = ("cap", "f", "i", "seasonal", "slots_per_day", "utc_offset_s", "_scratch", "_rows", "_rows_f",
+                 "_seas_flat", "_g")
 
     def __init__(self, n_series: int = 64, slots_per_day: int = 96, utc_offset_s: int = CHINA_UTC_OFFSET_S):
         if slots_per_day <= 0 or DAY_NS % slots_per_day:
@@ -189,10 +207,14 @@ class DetectorState:
         self.slots_per_day = int(slots_per_day)
         self.utc_offset_s = int(utc_offset_s)
         self.cap = 0
-        self.f = np.zeros((0, NF), dtype=np.float64)
-        self.i = np.zeros((0, NI), dtype=np.int64)
+        self._rows = np.zeros(0, dtype=np.int64)
         self.seasonal = np.zeros((2 * self.slots_per_day, 0, NS), dtype=np.float32)
         self._scratch: dict[str, np.ndarray] = {}
+        self._g = np.zeros(G_Q0 + 4 * NQ, dtype=np.int64)
+        self._g[G_OFF] = self.utc_offset_s * 1_000_000_000
+        self._g[G_SLOT] = DAY_NS // self.slots_per_day
+        self._g[G_SPD] = self.slots_per_day
+        self._g[G_NKINDS] = -1  # no parameters derived yet
         self.ensure_capacity(max(int(n_series), 1))
 
     def scratch(self, name: str, n: int, dtype: type) -> np.ndarray:
@@ -207,13 +229,20 @@ class DetectorState:
         if n_series <= self.cap:
             return
         cap = grown_capacity(self.cap, n_series)
-        f = np.zeros((cap, NF), dtype=np.float64)
-        f[: self.cap] = self.f
-        i = np.zeros((cap, NI), dtype=np.int64)
-        i[: self.cap] = self.i
+        rows = np.zeros(cap * NR, dtype=np.int64)
+        rows[: self.cap * NR] = self._rows
         seas = np.zeros((2 * self.slots_per_day, cap, NS), dtype=np.float32)
         seas[:, : self.cap] = self.seasonal
-        self.f, self.i, self.seasonal, self.cap = f, i, seas, cap
+        self._rows, self._rows_f, self.seasonal, self.cap = rows, rows.view(np.float64), seas, cap
+        self.f = self._rows_f.reshape(cap, NR)[:, :NF]
+        self.i = rows.reshape(cap, NR)[:, NF:]
+        self._seas_flat = seas.reshape(-1)
+        self._g[G_CAP] = cap
+
+    def ensure_kinds(self, n_kinds: int) -> None:
+        if G_Q0 + n_kinds * NQ > len(self._g):
+            self._g = np.concatenate([self._g[:G_Q0], np.zeros(n_kinds * NQ, dtype=np.int64)])
+            self._g[G_NKINDS] = -1
 
     def reset_series(self, series_id: int) -> None:
         """Forget one series (e.g. its device was replaced): it warms up again from scratch."""
@@ -232,41 +261,80 @@ SMALL_SAMPLE = 4.0
 WIDEN_UNTIL = 1024
 # the factor per residual count, looked up rather than divided on every point (index n - 1 >= 1)
 _WIDEN = np.array([1.0] + [1.0 + SMALL_SAMPLE / i for i in range(1, WIDEN_UNTIL)], dtype=np.float64)
+# 1/n for n <= WIDEN_UNTIL, looked up while a series warms up: the same IEEE quotient as dividing,
+# without a division (LLVM would compute a division on every path to turn the branch into a select).
+_INV = np.array([np.inf] + [1.0 / i for i in range(1, WIDEN_UNTIL + 1)], dtype=np.float64)
 # No clipping before this many residuals: one residual can be arbitrarily small by chance, and a
 # clip against that would reject every normal value that follows.
 CLIP_AFTER = 8
 
+# (The kernels spell out min and max as conditional expressions: numba compiles its builtin min and
+# max as separate functions per argument types, a tenth of a second each at start-up. ``a if a >= b
+# else b`` and friends keep the builtins' order of comparison, so NaN handling is the same.)
 
-@numba.njit(cache=True, error_model="numpy", inline="always")
-def _robust_ewma(v, m, dev, n, outl, alpha, clip, floor_abs, floor_rel, z_lo, z_hi):  # pragma: no cover
+
+@numba.njit(cache=True)
+def _first_n(a, b):  # pragma: no cover - compiled
+    # Smallest n in [0, NEVER] with float(n) * a >= b, NEVER if there is none: the exact integer
+    # form of the float comparison (float(n) * a is monotone in n for a > 0).
+    if not a > 0.0 or not NEVER * a >= b:
+        return NEVER
+    lo = np.int64(0)
+    hi = NEVER
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if mid * a >= b:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+@numba.njit(cache=True, error_model="numpy", forceinline=True)
+def _weights_scale(m, dev, n, alpha, n_alpha, floor_abs, floor_rel):  # pragma: no cover - compiled
+    # EWMA weights of the mean and of the deviation, and the widened scale, for n >= 2 values so
+    # far. While n * alpha < 1 (n < n_alpha) the values are averaged with weight 1/n instead.
+    if n > n_alpha:  # the common case: plain EWMA weights
+        a = alpha
+        a_dev = alpha
+    elif n < WIDEN_UNTIL:
+        a_dev = _INV[n]
+        a = alpha if n >= n_alpha else _INV[n + 1]
+    else:  # (alpha below 1/WIDEN_UNTIL: past the table)
+        a_dev = 1.0 / n
+        a = alpha if n >= n_alpha else 1.0 / (n + 1)
+    scale = MAD_TO_SIGMA * dev  # max(MAD_TO_SIGMA * dev, floor_abs, floor_rel * |m|)
+    scale = floor_abs if floor_abs > scale else scale
+    fr = floor_rel * abs(m)
+    scale = fr if fr > scale else scale
+    if n <= WIDEN_UNTIL:
+        scale *= _WIDEN[n - 1]
+    return a, a_dev, scale
+
+
+@numba.njit(cache=True, error_model="numpy", forceinline=True)
+def _robust_ewma(v, m, dev, n, outl, alpha, n_alpha, clip, floor_abs, floor_rel, z_lo, z_hi):  # pragma: no cover
     """One robust EWMA step of mean ``m`` and absolute deviation ``dev`` (``n`` values so far).
 
     Returns (m, dev, outliers in a row, score of ``v`` against the state before it). The score
     ramps from 0 at ``z_lo`` to 1 at ``z_hi`` (0 while the scale is undefined); it is computed
-    without a division unless ``v`` is past ``z_lo``, which keeps the common path cheap.
+    without a division unless ``v`` is past ``z_lo``. ``n_alpha`` is the first count with
+    ``n * alpha >= 1`` (see ``_first_n``).
 
-    The first values are averaged with weight 1/n instead of ``alpha`` so a short warm-up gives an
-    unbiased scale (an EWMA started from one sample would keep that sample's luck for ~1/alpha
-    values), and a scale from few residuals is widened as Student's t does, for the score and the
-    outlier limit alike, so an unlucky early estimate cannot lock itself in. From CLIP_AFTER
-    residuals on, residuals beyond ``clip`` scale units move the mean by a bounded step and do not
-    feed the scale, unless they keep coming (OUTLIER_RUN_ADAPT in a row).
+    The first values are averaged with weight 1/n instead of ``alpha`` (an EWMA started from one
+    sample would keep that sample's luck for ~1/alpha values), and a scale from few residuals is
+    widened as Student's t does, for the score and the outlier limit alike, so an unlucky early
+    estimate cannot lock itself in. From CLIP_AFTER residuals on, residuals beyond ``clip`` scale
+    units move the mean by a bounded step and do not feed the scale, unless they keep coming
+    (OUTLIER_RUN_ADAPT in a row).
     """
-    if n == 0:
-        return v, 0.0, 0, 0.0
     r = v - m
     ar = abs(r)
-    a = alpha
-    if n * alpha < 1.0:
-        a = 1.0 / (n + 1)
-    if n == 1:
-        return m + a * r, ar, 0, 0.0
-    a_dev = alpha
-    if (n - 1) * alpha < 1.0:
-        a_dev = 1.0 / n
-    scale = max(MAD_TO_SIGMA * dev, floor_abs, floor_rel * abs(m))
-    if n <= WIDEN_UNTIL:
-        scale *= _WIDEN[n - 1]
+    if n < 2:
+        if n == 0:
+            return v, 0.0, 0, 0.0
+        return m + (alpha if n >= n_alpha else 0.5) * r, ar, 0, 0.0  # 0.5 = 1 / (n + 1)
+    a, a_dev, scale = _weights_scale(m, dev, n, alpha, n_alpha, floor_abs, floor_rel)
     score = 0.0
     if ar > z_lo * scale:
         if ar >= z_hi * scale:
@@ -284,180 +352,337 @@ def _robust_ewma(v, m, dev, n, outl, alpha, clip, floor_abs, floor_rel, z_lo, z_
     return m - a * lim, dev, outl, score
 
 
+@numba.njit(cache=True, error_model="numpy", forceinline=True)
+def _quiet_ewma(v, m, dev, n, alpha, n_alpha, clip, floor_abs, floor_rel, z_lo, scored):  # pragma: no cover
+    # _robust_ewma for a value that scores nothing (or is not scored) and is not clipped: returns
+    # (m, dev, True) then, bitwise as _robust_ewma would, and (.., .., False) otherwise.
+    r = v - m
+    ar = abs(r)
+    if n < 2:
+        if n == 0:
+            return v, 0.0, True
+        return m + (alpha if n >= n_alpha else 0.5) * r, ar, True
+    a, a_dev, scale = _weights_scale(m, dev, n, alpha, n_alpha, floor_abs, floor_rel)
+    quiet = ((not ar > z_lo * scale) | (not scored)) & ((ar <= clip * scale) | (n <= CLIP_AFTER))
+    return m + a * r, dev + a_dev * (ar - dev), quiet
+
+
+@numba.njit(cache=True, error_model="numpy", forceinline=True)
+def _slot(t, off_ns, slot_ns, spd, cap):  # pragma: no cover - compiled
+    # Seasonal slot of time t: its start and end (UTC ns) and its first entry in the flat S.
+    local = t + off_ns
+    day = local // DAY_NS
+    sl = (local - day * DAY_NS) // slot_ns
+    weekend = 1 if (day + 3) % 7 >= 5 else 0  # 1970-01-01 was a Thursday
+    lo = day * DAY_NS + sl * slot_ns - off_ns
+    return lo, lo + slot_ns, (weekend * spd + sl) * cap
+
+
 @numba.njit(cache=True, error_model="numpy")
-def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, cap, off_ns, slot_ns, spd,
-                  order, lo, hi, out_score, out_reason):  # pragma: no cover - compiled
+def _score_one(G, Gf, F, R, S, s, t, x, k, counter, sb):  # pragma: no cover - compiled
+    # Every case of every detector for one finite reading x at time t of series s (kind k, a
+    # counter or not; sb: its entry in the seasonal table when the kind has one). Updates the
+    # state and returns (score, reason). _score_kernel calls it for the readings its quiet path
+    # does not cover.
+    qk = G_Q0 + k * NQ
+    rb = s * NR
+    nraw = R[rb + I_NRAW]
+    warm = nraw >= G[qk + Q_WARM]
+    last_x = F[rb + F_LAST_X]
+    dt = t - R[rb + I_LAST_TS]
+    clip = Gf[qk + P_CLIP]
+    floor_abs = Gf[qk + P_FLOOR_ABS]
+    floor_rel = Gf[qk + P_FLOOR_REL]
+
+    # ---- flatline on the raw value
+    s_flat = 0.0
+    if nraw > 0 and abs(x - last_x) <= Gf[qk + P_FLAT_EPS]:
+        run = R[rb + I_RUN] + 1
+        run_start = R[rb + I_RUN_START]
+    else:
+        run = np.int64(1)
+        run_start = t
+    R[rb + I_RUN] = run
+    R[rb + I_RUN_START] = run_start
+    if warm and not (Gf[qk + P_FLAT_IGNORE_ZERO] != 0.0 and x == 0.0):
+        fsec = Gf[qk + P_FLAT_S]
+        if run >= G[qk + Q_FLAT_N] or (fsec > 0.0 and run >= 2 and (t - run_start) >= fsec * 1e9):
+            s_flat = 1.0
+
+    # ---- counter sanity; counters feed their rate to the statistical detectors
+    s_ctr = 0.0
+    v = x
+    if counter:
+        v = np.nan
+        if nraw > 0:
+            d = x - last_x
+            if d < -Gf[qk + P_CTR_NEG_TOL]:
+                s_ctr = 1.0
+            elif dt > 0:
+                if d < 0.0:
+                    d = 0.0
+                rate = d * (HOUR_NS / dt)
+                if rate > Gf[qk + P_CTR_MAX]:
+                    s_ctr = 1.0
+                else:
+                    v = rate
+        if not warm:
+            s_ctr = 0.0
+
+    s_lvl = 0.0
+    s_seas = 0.0
+    s_spk = 0.0
+    if v - v == 0.0:
+        nv = R[rb + I_NV]
+        scored = warm and nv >= G[qk + Q_WARM]
+        # ---- level: robust EWMA of value and absolute deviation
+        m, dev, outl, sc = _robust_ewma(v, F[rb + F_MEAN], F[rb + F_DEV], nv, R[rb + I_OUTLIERS],
+                                        Gf[qk + P_LEVEL_ALPHA], G[qk + Q_LVL_A], clip, floor_abs, floor_rel,
+                                        Gf[qk + P_LEVEL_Z_LO], Gf[qk + P_LEVEL_Z_HI])
+        if scored:
+            s_lvl = sc
+        F[rb + F_MEAN] = m
+        F[rb + F_DEV] = dev
+        R[rb + I_OUTLIERS] = outl
+
+        # ---- spike / rate of change: step size against a robust scale of step sizes
+        last_spike = 0
+        if nv >= 1:
+            last_v = F[rb + F_LAST_V]
+            step = abs(v - last_v)
+            if R[rb + I_LAST_SPIKE] != 0:
+                back = abs(v - F[rb + F_PREV_V])
+                step = back if back < step else step  # min(step, back)
+            # steps are treated as deviations around 0: mean pinned at 0, count = nv - 1
+            fs = floor_rel * abs(m)
+            _, sdev, souts, sc = _robust_ewma(step, 0.0, F[rb + F_STEP_DEV], nv, R[rb + I_STEP_OUTLIERS],
+                                              Gf[qk + P_SPIKE_ALPHA], G[qk + Q_SPK_A], clip,
+                                              fs if fs > floor_abs else floor_abs, 0.0,
+                                              Gf[qk + P_SPIKE_Z_LO], Gf[qk + P_SPIKE_Z_HI])
+            F[rb + F_STEP_DEV] = sdev
+            R[rb + I_STEP_OUTLIERS] = souts
+            if scored:
+                s_spk = sc
+                if dt > 0 and abs(v - last_v) * 1e9 > Gf[qk + P_MAX_RATE] * dt:
+                    s_spk = 1.0
+            if s_spk >= 0.5:
+                last_spike = 1
+            F[rb + F_PREV_V] = last_v
+        R[rb + I_LAST_SPIKE] = last_spike
+        F[rb + F_LAST_V] = v
+
+        # ---- seasonal baseline by local time of day and day type
+        if Gf[qk + P_SEASONAL] != 0.0:
+            cnt = S[sb + S_COUNT]
+            ncnt = np.int64(cnt)
+            ms, ds, souts, sc = _robust_ewma(v, np.float64(S[sb + S_MEAN]), np.float64(S[sb + S_DEV]), ncnt,
+                                             np.int64(S[sb + S_OUTLIERS]), Gf[qk + P_SEAS_ALPHA], G[qk + Q_SEAS_A],
+                                             clip, floor_abs, floor_rel, Gf[qk + P_SEAS_Z_LO], Gf[qk + P_SEAS_Z_HI])
+            if warm and ncnt >= G[qk + Q_SEAS_MIN]:
+                s_seas = sc
+            S[sb + S_MEAN] = ms
+            S[sb + S_DEV] = ds
+            S[sb + S_OUTLIERS] = souts if souts < 255 else 255
+            if cnt < 65535.0:
+                S[sb + S_COUNT] = cnt + 1.0
+        R[rb + I_NV] = nv + 1
+
+    R[rb + I_NRAW] = nraw + 1
+    R[rb + I_LAST_TS] = t
+    F[rb + F_LAST_X] = x
+
+    # ---- combine: maximum, ties to the more specific cause
+    best = s_ctr
+    reason = REASON_COUNTER
+    if s_flat > best:
+        best = s_flat
+        reason = REASON_FLATLINE
+    if s_spk > best:
+        best = s_spk
+        reason = REASON_SPIKE
+    if s_seas > best:
+        best = s_seas
+        reason = REASON_SEASONAL
+    if s_lvl > best:
+        best = s_lvl
+        reason = REASON_LEVEL
+    if best <= 0.0:
+        reason = REASON_NONE
+        best = 0.0
+    return best, reason
+
+
+@numba.njit(cache=True, error_model="numpy", nogil=True)
+def _score_kernel(series, ts, value, kind_of, is_counter, P, G, R, S, order, lo, hi,
+                  out_score, out_reason):  # pragma: no cover - compiled
     # Scores positions lo..hi-1. With an empty ``order`` a position is the reading's index and
     # results go to that index; otherwise position p means reading order[p] and results go to
     # position p (one thread's contiguous slice: no false sharing between threads).
-    # Returns -1, or the index of a reading whose series or kind is out of range.
-    # P, F, I and S are the flattened (1-D) tables: row offsets are computed once per reading, and
-    # the early range checks let LLVM drop numba's negative-index handling on every access.
-    n_kinds = P.shape[0] // N_PARAMS
+    # P: the (n_kinds, N_PARAMS) parameter table, copied into G (with thresholds derived from it)
+    # when it differs from G's copy. G: geometry, parameters, thresholds. R: the state rows (int64,
+    # read as float64 through F); S: the seasonal table; both flat, so row offsets are multiples of
+    # constants and the range checks let LLVM drop numba's negative-index handling.
+    # Returns -1 when done; -2, before touching the state, when a series id is negative or beyond
+    # the state or the per-series arrays (the wrapper grows the state or raises, then calls again);
+    # -3 likewise when G is too small for the kinds; or the index of a reading whose kind is
+    # out of range.
+    #
+    # Most readings change no score: their series is past its first values, nothing fires and
+    # nothing is clipped. This loop computes exactly that case, straight through, keeping the new
+    # state in registers; if any condition of it fails, it stores nothing and hands the reading to
+    # _score_one (every case, the same arithmetic), so results are bitwise those of _score_one
+    # alone.
+    F = as_float64(R)
+    Gf = as_float64(G)
+    cap = G[G_CAP]
+    n_kinds = P.shape[0]
+    if G_Q0 + n_kinds * NQ > G.shape[0]:
+        return -3
     direct = order.shape[0] == 0
-    if lo < 0:  # (lets LLVM see that positions are never negative and drop wrap-around code)
+    if lo < 0:
         lo = 0
+    if direct:
+        lim = cap
+        if kind_of.shape[0] < lim:
+            lim = kind_of.shape[0]
+        if is_counter.shape[0] < lim:
+            lim = is_counter.shape[0]
+        smin = np.int32(0)
+        smax = np.int32(-1)
+        for p in range(lo, hi):
+            sp = series[p]
+            smin = sp if sp < smin else smin
+            smax = sp if sp > smax else smax
+        if smin < 0 or smax >= lim:
+            return -2
+    same = n_kinds == G[G_NKINDS]
+    for k in range(n_kinds):
+        for j in range(N_PARAMS):  # equal, and zeros of the same sign (NaN never is: rederived)
+            a = Gf[G_Q0 + k * NQ + j]
+            b = P[k, j]
+            same &= (a == b) & ((a != 0.0) | (1.0 / a == 1.0 / b))
+    if not same:  # new parameters: copy them and derive the thresholds, once
+        for k in range(n_kinds):
+            qk = G_Q0 + k * NQ
+            for j in range(N_PARAMS):
+                Gf[qk + j] = P[k, j]
+            G[qk + Q_WARM] = _first_n(1.0, P[k, P_WARMUP])
+            G[qk + Q_LVL_A] = _first_n(P[k, P_LEVEL_ALPHA], 1.0)
+            G[qk + Q_SPK_A] = _first_n(P[k, P_SPIKE_ALPHA], 1.0)
+            G[qk + Q_SEAS_A] = _first_n(P[k, P_SEAS_ALPHA], 1.0)
+            G[qk + Q_SEAS_MIN] = _first_n(1.0, P[k, P_SEAS_MIN])
+            G[qk + Q_FLAT_N] = _first_n(1.0, P[k, P_FLAT_N]) if P[k, P_FLAT_N] > 0.0 else NEVER
+        G[G_NKINDS] = n_kinds
+    off_ns = G[G_OFF]
+    slot_ns = G[G_SLOT]
+    spd = G[G_SPD]
+    last = hi - 1
     c_lo = np.int64(1)
     c_hi = np.int64(0)
-    c_slot = 0
+    c_row = np.int64(0)  # c_slot * cap: first entry of the current slot in S
     for pos in range(lo, hi):
-        idx = pos if direct else order[pos]
-        ahead_pos = pos + PREFETCH_AHEAD
-        if ahead_pos < hi:
-            ahead = series[ahead_pos] if direct else series[order[ahead_pos]]
-            if ahead >= 0 and ahead < cap:
-                prefetch_row(F, ahead * NF)
-                prefetch_row(I, ahead * NI)
-                prefetch_row(S, (c_slot * cap + ahead) * NS)
-        u = np.uint64(idx)  # unsigned indices: no negative-index handling on each access
-        s = series[u]
-        t = ts[u]
-        x = value[u]
-        if not np.isfinite(x):
-            out_score[np.uint64(pos)] = 0.0
-            out_reason[np.uint64(pos)] = REASON_NONE
+        up = np.uint64(pos)  # (unsigned: no negative-index handling on the outputs)
+        idx = pos if direct else order[up]
+        if idx < 0:
+            return idx
+        # the state of the reading PREFETCH_AHEAD positions on (a prefetch never faults)
+        ahead = pos + PREFETCH_AHEAD
+        ahead = last if ahead > last else ahead
+        ahead = series[ahead] if direct else series[order[ahead]]
+        prefetch_row(R, ahead * NR)
+        prefetch_row(S, (c_row + ahead) * NS)
+        x = value[idx]
+        if not x - x == 0.0:  # NaN or infinite: a missing reading
+            out_score[up] = 0.0
+            out_reason[up] = REASON_NONE
             continue
+        s = series[idx]
+        t = ts[idx]
         if s < 0 or s >= cap:
             return idx
         k = kind_of[s]
         if k < 0 or k >= n_kinds:
             return idx
-        pk = k * N_PARAMS
-        fb = s * NF
-        ib = s * NI
-        nraw = I[ib + I_NRAW]
-        warm = nraw >= P[pk + P_WARMUP]
-        last_x = F[fb + F_LAST_X]
-        dt = t - I[ib + I_LAST_TS]
-        floor_abs = P[pk + P_FLOOR_ABS]
-        floor_rel = P[pk + P_FLOOR_REL]
-        clip = P[pk + P_CLIP]
+        qk = G_Q0 + k * NQ
+        rb = s * NR
+        nv = R[rb + I_NV]
+        nraw = R[rb + I_NRAW]
+        last_x = F[rb + F_LAST_X]
+        dt = t - R[rb + I_LAST_TS]
+        warm_n = G[qk + Q_WARM]
+        warm = nraw >= warm_n
+        scored = warm & (nv >= warm_n)
+        quiet = nv >= 2  # (then nraw >= 2 too)
 
-        # ---- flatline on the raw value
-        if nraw > 0 and abs(x - last_x) <= P[pk + P_FLAT_EPS]:
-            run = I[ib + I_RUN] + 1
-            run_start = I[ib + I_RUN_START]
-        else:
-            run = np.int64(1)
-            run_start = t
-        I[ib + I_RUN] = run
-        I[ib + I_RUN_START] = run_start
-        s_flat = 0.0
-        if warm and not (P[pk + P_FLAT_IGNORE_ZERO] != 0.0 and x == 0.0):
-            fn = P[pk + P_FLAT_N]
-            fsec = P[pk + P_FLAT_S]
-            if (fn > 0.0 and run >= fn) or (fsec > 0.0 and run >= 2 and (t - run_start) >= fsec * 1e9):
-                s_flat = 1.0
+        # flatline: the run goes on or restarts, and does not fire
+        same = abs(x - last_x) <= Gf[qk + P_FLAT_EPS]
+        run = R[rb + I_RUN] + 1 if same else np.int64(1)
+        run_start = R[rb + I_RUN_START] if same else t
+        fsec = Gf[qk + P_FLAT_S]
+        flat = (run >= G[qk + Q_FLAT_N]) | ((fsec > 0.0) & (run >= 2) & ((t - run_start) >= fsec * 1e9))
+        quiet &= (not warm) | ((Gf[qk + P_FLAT_IGNORE_ZERO] != 0.0) & (x == 0.0)) | (not flat)
 
-        # ---- counter sanity; counters feed their rate to the statistical detectors
-        s_ctr = 0.0
+        # counter: a plausible forward step over a positive time; its rate is the value
         v = x
-        if is_counter[s]:
-            v = np.nan
-            if nraw > 0:
-                d = x - last_x
-                if d < -P[pk + P_CTR_NEG_TOL]:
-                    s_ctr = 1.0
-                elif dt > 0:
-                    if d < 0.0:
-                        d = 0.0
-                    rate = d * (HOUR_NS / dt)
-                    if rate > P[pk + P_CTR_MAX]:
-                        s_ctr = 1.0
-                    else:
-                        v = rate
-            if not warm:
-                s_ctr = 0.0
+        counter = is_counter[s]
+        if counter:
+            d = x - last_x
+            rate = (0.0 if d < 0.0 else d) * (HOUR_NS / dt)
+            quiet &= (not d < -Gf[qk + P_CTR_NEG_TOL]) & (dt > 0) & (not rate > Gf[qk + P_CTR_MAX]) & (rate - rate == 0.0)
+            v = rate
 
-        s_lvl = 0.0
-        s_seas = 0.0
-        s_spk = 0.0
-        if np.isfinite(v):
-            nv = I[ib + I_NV]
-            scored = warm and nv >= P[pk + P_WARMUP]
-            # ---- level: robust EWMA of value and absolute deviation
-            m, dev, outl, sc = _robust_ewma(v, F[fb + F_MEAN], F[fb + F_DEV], nv, I[ib + I_OUTLIERS],
-                                            P[pk + P_LEVEL_ALPHA], clip, floor_abs, floor_rel,
-                                            P[pk + P_LEVEL_Z_LO], P[pk + P_LEVEL_Z_HI])
-            if scored:
-                s_lvl = sc
-            F[fb + F_MEAN] = m
-            F[fb + F_DEV] = dev
-            I[ib + I_OUTLIERS] = outl
-
-            # ---- spike / rate of change: step size against a robust scale of step sizes
-            last_spike = 0
-            if nv >= 1:
-                last_v = F[fb + F_LAST_V]
-                step = abs(v - last_v)
-                if I[ib + I_LAST_SPIKE] != 0:
-                    step = min(step, abs(v - F[fb + F_PREV_V]))
-                # steps are treated as deviations around 0: mean pinned at 0, count = nv - 1
-                _, sdev, souts, sc = _robust_ewma(step, 0.0, F[fb + F_STEP_DEV], nv, I[ib + I_STEP_OUTLIERS],
-                                                  P[pk + P_SPIKE_ALPHA], clip, max(floor_abs, floor_rel * abs(m)),
-                                                  0.0, P[pk + P_SPIKE_Z_LO], P[pk + P_SPIKE_Z_HI])
-                F[fb + F_STEP_DEV] = sdev
-                I[ib + I_STEP_OUTLIERS] = souts
-                if scored:
-                    s_spk = sc
-                    if dt > 0 and abs(v - last_v) * 1e9 > P[pk + P_MAX_RATE] * dt:
-                        s_spk = 1.0
-                if s_spk >= 0.5:
-                    last_spike = 1
-                F[fb + F_PREV_V] = last_v
-            I[ib + I_LAST_SPIKE] = last_spike
-            F[fb + F_LAST_V] = v
-
-            # ---- seasonal baseline by local time of day and day type
-            if P[pk + P_SEASONAL] != 0.0:
-                if t < c_lo or t >= c_hi:
-                    local = t + off_ns
-                    day = local // DAY_NS
-                    sl = (local - day * DAY_NS) // slot_ns
-                    weekend = 1 if (day + 3) % 7 >= 5 else 0  # 1970-01-01 was a Thursday
-                    c_slot = weekend * spd + sl
-                    c_lo = day * DAY_NS + sl * slot_ns - off_ns
-                    c_hi = c_lo + slot_ns
-                sb = (c_slot * cap + s) * NS
-                cnt = S[sb + S_COUNT]
-                ms, ds, souts, sc = _robust_ewma(
-                    v, np.float64(S[sb + S_MEAN]), np.float64(S[sb + S_DEV]), np.int64(cnt),
-                    np.int64(S[sb + S_OUTLIERS]), P[pk + P_SEAS_ALPHA], clip, floor_abs, floor_rel,
-                    P[pk + P_SEAS_Z_LO], P[pk + P_SEAS_Z_HI],
-                )
-                if warm and cnt >= P[pk + P_SEAS_MIN]:
-                    s_seas = sc
-                S[sb + S_MEAN] = ms
-                S[sb + S_DEV] = ds
-                S[sb + S_OUTLIERS] = min(souts, 255)
-                if cnt < 65535.0:
-                    S[sb + S_COUNT] = cnt + 1.0
-            I[ib + I_NV] = nv + 1
-
-        I[ib + I_NRAW] = nraw + 1
-        I[ib + I_LAST_TS] = t
-        F[fb + F_LAST_X] = x
-
-        # ---- combine: maximum, ties to the more specific cause
-        best = s_ctr
-        reason = REASON_COUNTER
-        if s_flat > best:
-            best = s_flat
-            reason = REASON_FLATLINE
-        if s_spk > best:
-            best = s_spk
-            reason = REASON_SPIKE
-        if s_seas > best:
-            best = s_seas
-            reason = REASON_SEASONAL
-        if s_lvl > best:
-            best = s_lvl
-            reason = REASON_LEVEL
-        if best <= 0.0:
-            reason = REASON_NONE
-            best = 0.0
-        out_score[np.uint64(pos)] = best
-        out_reason[np.uint64(pos)] = reason
+        clip = Gf[qk + P_CLIP]
+        floor_abs = Gf[qk + P_FLOOR_ABS]
+        floor_rel = Gf[qk + P_FLOOR_REL]
+        m, dev, q = _quiet_ewma(v, F[rb + F_MEAN], F[rb + F_DEV], nv, Gf[qk + P_LEVEL_ALPHA], G[qk + Q_LVL_A],
+                                clip, floor_abs, floor_rel, Gf[qk + P_LEVEL_Z_LO], scored)
+        quiet &= q
+        last_v = F[rb + F_LAST_V]
+        step = abs(v - last_v)
+        if R[rb + I_LAST_SPIKE] != 0:
+            back = abs(v - F[rb + F_PREV_V])
+            step = back if back < step else step  # min(step, back)
+        fs = floor_rel * abs(m)
+        _, sdev, q = _quiet_ewma(step, 0.0, F[rb + F_STEP_DEV], nv, Gf[qk + P_SPIKE_ALPHA], G[qk + Q_SPK_A], clip,
+                                 fs if fs > floor_abs else floor_abs, 0.0, Gf[qk + P_SPIKE_Z_LO], scored)
+        quiet &= q & (not (scored & (dt > 0) & (abs(v - last_v) * 1e9 > Gf[qk + P_MAX_RATE] * dt)))
+        seasonal = Gf[qk + P_SEASONAL] != 0.0
+        sb = np.int64(0)
+        if seasonal:
+            if t < c_lo or t >= c_hi:
+                c_lo, c_hi, c_row = _slot(t, off_ns, slot_ns, spd, cap)
+            sb = (c_row + s) * NS
+            cnt = S[sb + S_COUNT]
+            ncnt = np.int64(cnt)
+            ms, ds, q = _quiet_ewma(v, np.float64(S[sb + S_MEAN]), np.float64(S[sb + S_DEV]), ncnt, Gf[qk + P_SEAS_ALPHA],
+                                    G[qk + Q_SEAS_A], clip, floor_abs, floor_rel, Gf[qk + P_SEAS_Z_LO],
+                                    warm & (ncnt >= G[qk + Q_SEAS_MIN]))
+            quiet &= q
+        if not quiet:
+            out_score[up], out_reason[up] = _score_one(G, Gf, F, R, S, s, t, x, k, counter, sb)
+            continue
+        if seasonal:
+            S[sb + S_MEAN] = ms
+            S[sb + S_DEV] = ds
+            S[sb + S_OUTLIERS] = 0.0
+            if cnt < 65535.0:
+                S[sb + S_COUNT] = cnt + 1.0
+        F[rb + F_MEAN] = m
+        F[rb + F_DEV] = dev
+        F[rb + F_STEP_DEV] = sdev
+        F[rb + F_PREV_V] = last_v
+        F[rb + F_LAST_V] = v
+        F[rb + F_LAST_X] = x
+        R[rb + I_OUTLIERS] = 0
+        R[rb + I_STEP_OUTLIERS] = 0
+        R[rb + I_LAST_SPIKE] = 0
+        R[rb + I_NV] = nv + 1
+        R[rb + I_NRAW] = nraw + 1
+        R[rb + I_LAST_TS] = t
+        R[rb + I_RUN] = run
+        R[rb + I_RUN_START] = run_start
+        out_score[up] = 0.0
+        out_reason[up] = REASON_NONE
     return -1
 
 
@@ -466,44 +691,57 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, cap, off_n
 PARTITION_BLOCK_SHIFT = 4
 
 
-@numba.njit(cache=True)
-def _partition(series, n_parts, bounds, fill, order, where):  # pragma: no cover - compiled
-    # Stable counting sort of reading indices by series block: each part is one thread's work, in
-    # arrival order, and no series is in two parts. ``where`` is the inverse of ``order``. (No
-    # allocation in kernels: it would pull numba's allocator into the compile, seconds at start-up.)
-    for p in range(n_parts + 1):
-        bounds[p] = 0
-    for i in range(series.shape[0]):
-        bounds[(series[i] >> PARTITION_BLOCK_SHIFT) % n_parts + 1] += 1
-    for p in range(n_parts):
-        bounds[p + 1] += bounds[p]
-        fill[p] = bounds[p]
-    for i in range(series.shape[0]):
-        p = (series[i] >> PARTITION_BLOCK_SHIFT) % n_parts
-        order[fill[p]] = i
-        where[i] = fill[p]
-        fill[p] += 1
+@numba.njit(cache=True, nogil=True)
+def _part_count(series, lo, hi, counts):  # pragma: no cover - compiled
+    # Readings lo..hi-1 per part: a series belongs to part (id >> PARTITION_BLOCK_SHIFT) & (parts - 1)
+    # (parts is a power of two: a mask, not a division per reading).
+    mask = counts.shape[0] - 1
+    for p in range(counts.shape[0]):
+        counts[p] = 0
+    for i in range(lo, hi):
+        counts[(series[i] >> PARTITION_BLOCK_SHIFT) & mask] += 1
 
 
-@numba.njit(cache=True, parallel=True)
-def _score_parallel(series, ts, value, kind_of, is_counter, P, F, I, S, cap, off_ns, slot_ns, spd,
-                    order, where, bounds, buf_score, buf_reason, out_score, out_reason, bad):  # pragma: no cover
-    n_parts = bounds.shape[0] - 1
-    for p in numba.prange(n_parts):
-        bad[p] = _score_kernel(series, ts, value, kind_of, is_counter, P, F, I, S, cap, off_ns, slot_ns, spd,
-                               order, bounds[p], bounds[p + 1], buf_score, buf_reason)
-    # gather back into arrival order, each thread a contiguous slice of the output
-    n = series.shape[0]
-    chunk = (n + n_parts - 1) // n_parts
-    for p in numba.prange(n_parts):
-        for i in range(p * chunk, min(n, (p + 1) * chunk)):
-            out_score[i] = buf_score[where[i]]
-            out_reason[i] = buf_reason[where[i]]
+@numba.njit(cache=True, nogil=True)
+def _part_fill(series, lo, hi, cursors, order, where):  # pragma: no cover - compiled
+    # Stable counting sort of readings lo..hi-1 by part, from each part's cursor on: part p (one
+    # thread's work) is order[bounds[p]:bounds[p + 1]], in arrival order, and no series is in two
+    # parts; ``where`` is the inverse of ``order``. Slices of the readings fill in parallel, each
+    # from cursors that _part_count's counts of the slices before it placed.
+    mask = cursors.shape[0] - 1
+    for i in range(lo, hi):
+        p = (series[i] >> PARTITION_BLOCK_SHIFT) & mask
+        c = cursors[p]
+        order[c] = i
+        where[i] = c
+        cursors[p] = c + 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather(where, lo, hi, buf_score, buf_reason, out_score, out_reason):  # pragma: no cover - compiled
+    # Readings lo..hi-1 take their results from the positions where their thread wrote them: each
+    # thread writes a contiguous slice of the output (no false sharing).
+    for i in range(lo, hi):
+        p = where[i]
+        out_score[i] = buf_score[p]
+        out_reason[i] = buf_reason[p]
+
+
+_POOL: list = []  # one ThreadPoolExecutor, created on the first multi-threaded call
+
+
+def _pool(threads: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _POOL or _POOL[0]._max_workers < threads:
+        _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")]
+    return _POOL[0]
 
 
 def _as(a: np.ndarray, dtype: type) -> np.ndarray:
-    """The array itself when it already has the kernel's dtype and layout (no copy on the hot path)."""
-    return np.ascontiguousarray(a, dtype=dtype)
+    """``a`` as a C-contiguous, writeable array of ``dtype``: itself when it already is one."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
 
 
 def _check_ids(series: np.ndarray, n_per_series: Sequence[np.ndarray]) -> int:
@@ -515,6 +753,27 @@ def _check_ids(series: np.ndarray, n_per_series: Sequence[np.ndarray]) -> int:
         if len(arr) <= smax:
             raise ValueError(f"per-series array has {len(arr)} entries, batch uses series id {smax}")
     return smax
+
+
+def _one_signature(disp, *sig) -> None:
+    """Compile ``disp`` for ``sig`` (or load it from numba's cache) and refuse any other types.
+
+    Why: a call with other dtypes or layouts then raises TypeError at once (the wrappers convert
+    and call again) instead of compiling another specialisation, seconds, in the middle of a poll;
+    and the wrappers' common path needs no conversion calls at all.
+    """
+    if not disp.signatures:
+        disp.compile(sig)
+        disp.disable_compile()
+
+
+def _array(dtype, ndim: int = 1):
+    return numba.types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C")
+
+
+_I64 = numba.types.int64
+_SCORE_SIG = (_array(np.int32), _array(np.int64), _array(np.float64), _array(np.int32), _array(np.bool_),
+              _array(np.float64, 2), _array(np.int64), _array(np.int64), _array(np.float32), _array(np.int64), _I64, _I64, _array(np.float32), _array(np.uint8))
 
 
 def score_batch(
@@ -531,9 +790,9 @@ def score_batch(
     ``series_kind``: int32 kind index per series id (row of the table); ``series_is_counter``: bool
     per series id. Returns ``(score float32 in [0, 1], reason uint8)``, one per reading.
 
-    ``threads > 1`` splits the series (not the readings) across that many numba threads; results
-    are bitwise identical to ``threads=1``. Worth it for large batches (backfill, benchmarks); the
-    first call compiles the parallel driver (``warm_up(threads=...)`` does that at start-up).
+    ``threads > 1`` splits the series (not the readings) across that many threads; results are
+    bitwise identical to ``threads=1``. Worth it for large batches (backfill, benchmarks); the
+    first call compiles two small helper kernels (``warm_up(threads=...)`` does that at start-up).
     """
     n = len(batch)
     score = np.empty(n, dtype=np.float32)
@@ -541,37 +800,71 @@ def score_batch(
     if n == 0:
         return score, reason
     table = params_table if isinstance(params_table, np.ndarray) else pack_params(params_table)
-    table = _as(table, np.float64)
-    kinds = _as(series_kind, np.int32)
-    counters = _as(series_is_counter, np.bool_)
-    series = _as(batch.series, np.int32)
-    smax = _check_ids(series, (kinds, counters))
-    state.ensure_capacity(smax + 1)
-    ts = _as(batch.ts_ns, np.int64)
-    value = _as(batch.value, np.float64)
-    off = np.int64(state.utc_offset_s * 1_000_000_000)
-    slot_ns = np.int64(DAY_NS // state.slots_per_day)
-    spd = np.int64(state.slots_per_day)
-    flat_p, flat_f, flat_i, flat_s = table.reshape(-1), state.f.reshape(-1), state.i.reshape(-1), state.seasonal.reshape(-1)
-    cap = np.int64(state.cap)
+    _one_signature(_score_kernel, *_SCORE_SIG)
+    args = [batch.series, batch.ts_ns, batch.value, series_kind, series_is_counter, table]
     if threads <= 1 or n < 4 * PARALLEL_MIN_PER_THREAD:
-        bad = int(_score_kernel(series, ts, value, kinds, counters, flat_p, flat_f, flat_i, flat_s, cap,
-                                off, slot_ns, spd, _NO_ORDER, 0, n, score, reason))
+        try:
+            bad = _score_kernel(*args, state._g, state._rows, state._seas_flat,
+                                _NO_ORDER, 0, n, score, reason)
+        except TypeError:  # other dtypes or layouts: convert (copies only what has to change)
+            args = _converted(args)
+            bad = -3
+        while bad in (-2, -3):  # grow the state for new series or kinds (or raise), then again
+            _grow(state, args)
+            bad = _score_kernel(*args, state._g, state._rows, state._seas_flat,
+                                _NO_ORDER, 0, n, score, reason)
     else:
-        parts = int(min(threads, max(1, n // PARALLEL_MIN_PER_THREAD)))
+        args = _converted(args)
+        _grow(state, args)
+        series, kinds = args[0], args[3]
+        parts = 1 << (int(min(threads, max(1, n // PARALLEL_MIN_PER_THREAD))).bit_length() - 1)  # a power of 2
         order = state.scratch("order", n, np.int64)
-        bounds = np.empty(parts + 1, dtype=np.int64)
         where = state.scratch("where", n, np.int64)
-        _partition(series, np.int64(parts), bounds, np.empty(parts, dtype=np.int64), order, where)
-        errs = np.full(parts, -1, dtype=np.int64)
-        _score_parallel(series, ts, value, kinds, counters, flat_p, flat_f, flat_i, flat_s, cap, off,
-                        slot_ns, spd, order, where, bounds, state.scratch("score", n, np.float32),
-                        state.scratch("reason", n, np.uint8), score, reason, errs)
-        bad = int(errs.max())
+        for disp, sig in ((_part_count, (_array(np.int32), _I64, _I64, _array(np.int64))),
+                          (_part_fill, (_array(np.int32), _I64, _I64, _array(np.int64), _array(np.int64),
+                                        _array(np.int64))),
+                          (_gather, (_array(np.int64), _I64, _I64, _array(np.float32), _array(np.uint8),
+                                     _array(np.float32), _array(np.uint8)))):
+            _one_signature(disp, *sig)
+        pool = _pool(parts)
+        chunk = -(-n // parts)  # thread t partitions (and later gathers) readings t*chunk..
+        cuts = [(t * chunk, min(n, (t + 1) * chunk)) for t in range(parts)]
+        counts = np.zeros((parts, parts), dtype=np.int64)
+        for f in [pool.submit(_part_count, series, a, b, counts[t]) for t, (a, b) in enumerate(cuts)]:
+            f.result()
+        bounds = np.zeros(parts + 1, dtype=np.int64)
+        bounds[1:] = np.cumsum(counts.sum(axis=0))
+        cursors = bounds[:-1] + np.cumsum(counts, axis=0) - counts  # (slice, part)
+        for f in [pool.submit(_part_fill, series, a, b, cursors[t], order, where) for t, (a, b) in enumerate(cuts)]:
+            f.result()
+        buf_score = state.scratch("score", n, np.float32)
+        buf_reason = state.scratch("reason", n, np.uint8)
+        common = (*args, state._g, state._rows, state._seas_flat, order)
+        # derive the thresholds before the threads start (an empty range), so that no thread writes G
+        _score_kernel(*common, 0, 0, buf_score, buf_reason)
+        futs = [pool.submit(_score_kernel, *common, int(bounds[p]), int(bounds[p + 1]), buf_score, buf_reason)
+                for p in range(parts)]
+        bad = max(int(f.result()) for f in futs)
+        for f in [pool.submit(_gather, where, a, b, buf_score, buf_reason, score, reason) for a, b in cuts]:
+            f.result()
     if bad >= 0:
-        sid = int(series[bad])
-        raise ValueError(f"series {sid} has kind {int(kinds[sid])}, table has {len(table)} kinds")
+        sid = int(args[0][bad])
+        raise ValueError(f"series {sid} has kind {int(args[3][sid])}, table has {len(args[5])} kinds")
     return score, reason
+
+
+def _converted(args: list) -> list:
+    series, ts, value, kinds, counters, table = args
+    table = _as(table, np.float64)
+    if table.ndim != 2:
+        table = table.reshape(-1, N_PARAMS)
+    return [_as(series, np.int32), _as(ts, np.int64), _as(value, np.float64), _as(kinds, np.int32),
+            _as(counters, np.bool_), table]
+
+
+def _grow(state: DetectorState, args: list) -> None:
+    state.ensure_capacity(_check_ids(args[0], (args[3], args[4])) + 1)
+    state.ensure_kinds(len(args[5]))
 
 
 _NO_ORDER = np.empty(0, dtype=np.int64)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from pipelines._prefetch import as_float64
 from pipelines.growth import grown_capacity
 from pipelines.batch import QUALITY_EDITED, QUALITY_ESTIMATED, QUALITY_SUSPECT
 from pipelines.validate import EV_GAP, VeeResult
@@ -44,8 +45,13 @@ UNAPPORTIONED_LATE = 2  # the span reaches back further than the meter's ring ke
 _CARRY = QUALITY_EDITED | QUALITY_ESTIMATED | QUALITY_SUSPECT
 _EMPTY = np.iinfo(np.int64).min
 # G (globals) layout
-G_MAX_TS, G_SCANNED, G_NPEND, G_NREADY = 0, 1, 2, 3
+G_MAX_TS, G_SCANNED, G_NPEND, G_NREADY, G_K, G_CAP = range(6)
 ST_CLEAN, ST_PENDING, ST_READY = 0, 1, 2
+# Ring record: interval index, energy (float64 through a view), covered ns, quality | state << 8.
+# Records are laid out slot-major ((K, cap) records of 32 bytes): the meters reporting in one
+# interval touch neighbouring records, and a reading touches one cache line, not one per field.
+RI_IDX, RI_E, RI_COV, RI_QS = range(4)
+NRI = 4
 
 
 @dataclass(slots=True)
@@ -89,8 +95,7 @@ def _grown(a: np.ndarray, need: int) -> np.ndarray:
 class IntervalState:
     """Per-meter rings of open intervals, the emission lists and the watermark."""
 
-    __slots__ = ("interval_ns", "lateness_ns", "k", "cap", "r_idx", "r_e", "r_cov", "r_q", "r_st",
-                 "g", "pend", "ready", "oi", "of", "ui", "uf")
+    __slots__ = ("interval_ns", "lateness_ns", "k", "cap", "ring", "g", "pend", "ready", "oi", "of", "ui", "uf")
 
     def __init__(self, interval_ns: int, lateness_ns: int = 0, max_span_ns: int = 7_200 * 10**9,
                  n_meters: int = 16):
@@ -104,13 +109,8 @@ class IntervalState:
         need = int(-(-int(max_span_ns) // self.interval_ns) + 2)
         self.k = 1 << (need - 1).bit_length()
         self.cap = 0
-        k = self.k
-        self.r_idx = np.full((0, k), _EMPTY, dtype=np.int64)
-        self.r_e = np.zeros((0, k), dtype=np.float64)
-        self.r_cov = np.zeros((0, k), dtype=np.int64)
-        self.r_q = np.zeros((0, k), dtype=np.uint8)
-        self.r_st = np.zeros((0, k), dtype=np.uint8)
-        self.g = np.array([_EMPTY, _EMPTY, 0, 0], dtype=np.int64)
+        self.ring = np.zeros(0, dtype=np.int64)
+        self.g = np.array([_EMPTY, _EMPTY, 0, 0, self.k, 0], dtype=np.int64)
         self.pend = np.zeros((64, 2), dtype=np.int64)
         self.ready = np.zeros((64, 2), dtype=np.int64)
         self.oi = np.zeros((256, 3), dtype=np.int64)  # meter, start index, quality
@@ -123,18 +123,12 @@ class IntervalState:
         if n_meters <= self.cap:
             return
         cap = grown_capacity(self.cap, n_meters)
-
-        def grow(a: np.ndarray, fill: int | float) -> np.ndarray:
-            b = np.full((cap, self.k), fill, dtype=a.dtype)
-            b[: self.cap] = a
-            return b
-
-        self.r_idx = grow(self.r_idx, _EMPTY)
-        self.r_e = grow(self.r_e, 0.0)
-        self.r_cov = grow(self.r_cov, 0)
-        self.r_q = grow(self.r_q, 0)
-        self.r_st = grow(self.r_st, 0)
+        ring = np.zeros((self.k, cap, NRI), dtype=np.int64)
+        ring[:, :, RI_IDX] = _EMPTY
+        ring[:, : self.cap] = self.ring.reshape(self.k, self.cap, NRI)
+        self.ring = ring.reshape(-1)
         self.cap = cap
+        self.g[G_CAP] = cap
 
     def _ensure_rows(self, n: int) -> None:
         if len(self.oi) < n:
@@ -142,16 +136,18 @@ class IntervalState:
             self.of = _grown(self.of, n)
 
     def _grow_buffers(self, n_out: int, n_un: int) -> None:
-        """Room for the worst case of one more reading (called when the kernel stopped for room)."""
+        """Room for the worst case of one more reading and for emitting every listed interval
+        (called when the kernel stopped for room)."""
         k = self.k
-        self._ensure_rows(n_out + k)
+        n_lists = int(self.g[G_NPEND] + self.g[G_NREADY])
+        self._ensure_rows(n_out + max(k, n_lists))
         if len(self.ui) < n_un + k + 1:
             self.ui = _grown(self.ui, n_un + k + 1)
             self.uf = _grown(self.uf, n_un + k + 1)
         if len(self.pend) < int(self.g[G_NPEND]) + k:
             self.pend = _grown(self.pend, int(self.g[G_NPEND]) + k)
-        if len(self.ready) < int(self.g[G_NREADY]) + k:
-            self.ready = _grown(self.ready, int(self.g[G_NREADY]) + k)
+        if len(self.ready) < max(int(self.g[G_NREADY]) + k, n_lists):
+            self.ready = _grown(self.ready, max(int(self.g[G_NREADY]) + k, n_lists))
 
     @property
     def watermark_ns(self) -> int | None:
@@ -161,18 +157,24 @@ class IntervalState:
 
 
 @numba.njit(cache=True)
-def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late_ns, hint_ts, first,
-                     R_idx, R_e, R_cov, R_q, R_st, G, pend, ready, oi, of, ui, uf, n_out, n_un):  # pragma: no cover
+def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late_ns, hint_ts, first, flush,
+                     ring, G, pend, ready, oi, of, ui, uf, n_out, n_un):  # pragma: no cover
+    # Spreads readings first.. over the rings, then emits: the ready intervals and, when the
+    # watermark crossed an interval end, the pending ones it closed (all of them when flushing).
     # Never allocates (an allocating kernel costs seconds of extra compile): when the buffers could
     # not take the worst case of the next reading (K evictions, K list entries, K+1 records), it
-    # returns that reading's index and the wrapper grows the buffers and resumes there.
-    K = R_idx.shape[1]
+    # returns that reading's index, and when they cannot take the emission, the number of readings;
+    # the wrapper grows the buffers and calls again from there. Returns (-1, n_out, n_un) when done.
+    K = G[G_K]
+    cap = G[G_CAP]
     kmask = K - 1
+    ring_e = as_float64(ring)
     n_pend = G[G_NPEND]
     n_ready = G[G_NREADY]
     max_ts = G[G_MAX_TS]
     if hint_ts > max_ts:
         max_ts = hint_ts
+    n = series.shape[0]
     stop = -1
     if first < 0:  # (lets LLVM see that indices are never negative and drop wrap-around code)
         first = 0
@@ -180,7 +182,7 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
     # no 64-bit division (tens of cycles each) to find their interval
     c_j = np.int64(0)  # always c_lo == c_j * I_ns
     c_lo = np.int64(0)
-    for idx in range(first, series.shape[0]):
+    for idx in range(first, n):
         if (n_out + K > oi.shape[0] or n_un + K + 1 > ui.shape[0] or n_pend + K > pend.shape[0]
                 or n_ready + K > ready.shape[0]):
             stop = idx
@@ -193,7 +195,7 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
         if m < 0:
             continue
         d = deltas[u]
-        if not np.isfinite(d):
+        if not d - d == 0.0:  # NaN: no delta
             continue
         t0 = t0s[u]
         if (evs[u] & EV_GAP) != 0 or t1 <= t0:
@@ -221,6 +223,16 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
             j0 = c_j - 1
         else:
             j0 = t0 // I_ns
+        if j1 - j0 >= K:
+            # more intervals than the ring holds (a span beyond the max_span_ns the state was sized
+            # for): not interpolated, as a gap would not be; and no buffer can overflow
+            ui[n_un, 0] = m
+            ui[n_un, 1] = t0
+            ui[n_un, 2] = t1
+            ui[n_un, 3] = UNAPPORTIONED_GAP
+            uf[n_un] = d
+            n_un += 1
+            continue
         assigned = 0.0
         for j in range(j0, j1 + 1):
             a = j * I_ns
@@ -236,8 +248,9 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
             qj = q
             if j0 < j < j1:
                 qj |= QUALITY_ESTIMATED
-            slot = np.uint64(j & kmask)
-            cur = R_idx[m, slot]
+            rec = np.uint64(((j & kmask) * cap + m) * NRI)
+            cur = ring[rec + RI_IDX]
+            qs_rec = ring[rec + RI_QS]
             if cur != j:
                 if cur > j:
                     # older than this meter's ring keeps: counted, but cannot be placed
@@ -248,62 +261,57 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
                     uf[n_un] = part
                     n_un += 1
                     continue
-                if cur != _EMPTY and R_st[m, slot] != ST_CLEAN:
+                if cur != _EMPTY and (qs_rec >> 8) != ST_CLEAN:
                     # evicted while modified since its last emission: emit now (it can no longer change)
                     oi[n_out, 0] = m
                     oi[n_out, 1] = cur
-                    oi[n_out, 2] = R_q[m, slot]
-                    of[n_out, 0] = R_e[m, slot]
-                    of[n_out, 1] = R_cov[m, slot] / I_ns
+                    oi[n_out, 2] = qs_rec & 0xFF
+                    of[n_out, 0] = ring_e[rec + RI_E]
+                    of[n_out, 1] = ring[rec + RI_COV] / I_ns
                     n_out += 1
-                R_idx[m, slot] = j
-                R_e[m, slot] = 0.0
-                R_cov[m, slot] = 0
-                R_q[m, slot] = 0
-                R_st[m, slot] = ST_CLEAN
-            R_e[m, slot] += part
-            R_cov[m, slot] += hi - lo
-            R_q[m, slot] |= qj
-            if R_st[m, slot] == ST_CLEAN:
+                ring[rec + RI_IDX] = j
+                ring_e[rec + RI_E] = 0.0
+                ring[rec + RI_COV] = 0
+                qs_rec = ST_CLEAN << 8
+            ring_e[rec + RI_E] += part
+            ring[rec + RI_COV] += hi - lo
+            qs_rec |= qj
+            if (qs_rec >> 8) == ST_CLEAN:
                 if b <= wm:
                     ready[n_ready, 0] = m
                     ready[n_ready, 1] = j
                     n_ready += 1
-                    R_st[m, slot] = ST_READY
+                    qs_rec = (qs_rec & 0xFF) | (ST_READY << 8)
                 else:
                     pend[n_pend, 0] = m
                     pend[n_pend, 1] = j
                     n_pend += 1
-                    R_st[m, slot] = ST_PENDING
+                    qs_rec = (qs_rec & 0xFF) | (ST_PENDING << 8)
+            ring[rec + RI_QS] = qs_rec
     G[G_MAX_TS] = max_ts
     G[G_NPEND] = n_pend
     G[G_NREADY] = n_ready
-    return stop, n_out, n_un
-
-
-@numba.njit(cache=True)
-def _emit_kernel(I_ns, late_ns, flush, R_idx, R_e, R_cov, R_q, R_st, G, pend, ready, oi, of, n_out):  # pragma: no cover
-    # Emit the ready intervals and, when the watermark crossed an interval end, the pending ones it
-    # closed (all of them when flushing). The wrapper sized ``ready`` and the outputs beforehand.
-    kmask = R_idx.shape[1] - 1
-    max_ts = G[G_MAX_TS]
+    if stop >= 0:
+        return stop, n_out, n_un
+    # ---- emission (worst case: every pending entry becomes ready and every ready one is emitted)
+    if n_out + n_pend + n_ready > oi.shape[0] or n_pend + n_ready > ready.shape[0]:
+        return n, n_out, n_un
     wm = max_ts - late_ns
     wm_idx = wm // I_ns  # intervals with index < wm_idx end at or before wm
-    n_pend = G[G_NPEND]
-    n_ready = G[G_NREADY]
     if max_ts != _EMPTY and (flush or wm_idx > G[G_SCANNED]):
         keep = 0
         for e in range(n_pend):
             m = pend[e, 0]
             j = pend[e, 1]
-            slot = j & kmask
-            if R_idx[m, slot] != j or R_st[m, slot] != ST_PENDING:
+            rec = np.uint64(((j & kmask) * cap + m) * NRI)
+            qs_rec = ring[rec + RI_QS]
+            if ring[rec + RI_IDX] != j or (qs_rec >> 8) != ST_PENDING:
                 continue  # stale: evicted and emitted, or already moved on
             if flush or (j + 1) * I_ns <= wm:
                 ready[n_ready, 0] = m
                 ready[n_ready, 1] = j
                 n_ready += 1
-                R_st[m, slot] = ST_READY
+                ring[rec + RI_QS] = (qs_rec & 0xFF) | (ST_READY << 8)
             else:
                 pend[keep, 0] = m
                 pend[keep, 1] = j
@@ -313,19 +321,20 @@ def _emit_kernel(I_ns, late_ns, flush, R_idx, R_e, R_cov, R_q, R_st, G, pend, re
     for e in range(n_ready):
         m = ready[e, 0]
         j = ready[e, 1]
-        slot = j & kmask
-        if R_idx[m, slot] != j or R_st[m, slot] != ST_READY:
+        rec = np.uint64(((j & kmask) * cap + m) * NRI)
+        qs_rec = ring[rec + RI_QS]
+        if ring[rec + RI_IDX] != j or (qs_rec >> 8) != ST_READY:
             continue
         oi[n_out, 0] = m
         oi[n_out, 1] = j
-        oi[n_out, 2] = R_q[m, slot]
-        of[n_out, 0] = R_e[m, slot]
-        of[n_out, 1] = R_cov[m, slot] / I_ns
+        oi[n_out, 2] = qs_rec & 0xFF
+        of[n_out, 0] = ring_e[rec + RI_E]
+        of[n_out, 1] = ring[rec + RI_COV] / I_ns
         n_out += 1
-        R_st[m, slot] = ST_CLEAN
+        ring[rec + RI_QS] = qs_rec & 0xFF  # clean
     G[G_NPEND] = n_pend
     G[G_NREADY] = 0
-    return n_out
+    return -1, n_out, n_un
 
 
 def _rows(state: IntervalState, n_out: int) -> IntervalRows:
@@ -342,6 +351,21 @@ def _unapportioned(state: IntervalState, n_un: int) -> Unapportioned:
         ui[:, 0].astype(np.int32), ui[:, 1].copy(), ui[:, 2].copy(), state.uf[:n_un].copy(),
         ui[:, 3].astype(np.uint8),
     )
+
+
+def _run(state: IntervalState, meters, series, ts, vee_prev, vee_delta, vee_q, vee_ev, hint: int,
+         flush: bool) -> tuple[int, int]:
+    first, n_out, n_un = 0, 0, 0
+    while True:
+        stop, n_out, n_un = _interval_kernel(
+            meters, series, ts, vee_prev, vee_delta, vee_q, vee_ev, np.int64(state.interval_ns),
+            np.int64(state.lateness_ns), np.int64(hint), np.int64(first), flush, state.ring, state.g,
+            state.pend, state.ready, state.oi, state.of, state.ui, state.uf, np.int64(n_out), np.int64(n_un),
+        )
+        if stop < 0:
+            return int(n_out), int(n_un)
+        first = int(stop)
+        state._grow_buffers(int(n_out), int(n_un))
 
 
 def accumulate_intervals(
@@ -368,41 +392,27 @@ def accumulate_intervals(
             raise ValueError(f"series ids must lie in [0, {len(meters)})")
     if len(meters):
         state.ensure_capacity(int(meters.max()) + 1)
-    hint = np.int64(_EMPTY if now_ts_ns is None else now_ts_ns)
-    ts = np.ascontiguousarray(ts_ns, dtype=np.int64)
-    first, n_out, n_un = 0, 0, 0
-    while True:
-        stop, n_out, n_un = _interval_kernel(
-            meters, s, ts, vee.prev_ts, vee.delta, vee.quality, vee.event, np.int64(state.interval_ns),
-            np.int64(state.lateness_ns), hint, np.int64(first), state.r_idx, state.r_e, state.r_cov,
-            state.r_q, state.r_st, state.g, state.pend, state.ready, state.oi, state.of, state.ui,
-            state.uf, np.int64(n_out), np.int64(n_un),
-        )
-        if stop < 0:
-            break
-        first = int(stop)
-        state._grow_buffers(int(n_out), int(n_un))
-    unap = _unapportioned(state, int(n_un))
-    n_out = _emit_pending(state, False, int(n_out))
-    return _rows(state, n_out), unap
+    hint = _EMPTY if now_ts_ns is None else int(now_ts_ns)
+    n_out, n_un = _run(state, meters, s, np.ascontiguousarray(ts_ns, dtype=np.int64),
+                       np.ascontiguousarray(vee.prev_ts, dtype=np.int64),
+                       np.ascontiguousarray(vee.delta, dtype=np.float64),
+                       np.ascontiguousarray(vee.quality, dtype=np.uint8),
+                       np.ascontiguousarray(vee.event, dtype=np.uint16), hint, False)
+    return _rows(state, n_out), _unapportioned(state, n_un)
 
 
-def _emit_pending(state: IntervalState, flush: bool, n_out: int) -> int:
-    # worst case: every pending entry becomes ready and every ready entry is emitted
-    n_lists = int(state.g[G_NPEND] + state.g[G_NREADY])
-    state._ensure_rows(n_out + n_lists)
-    if len(state.ready) < n_lists:
-        state.ready = _grown(state.ready, n_lists)
-    return int(_emit_kernel(
-        np.int64(state.interval_ns), np.int64(state.lateness_ns), flush, state.r_idx, state.r_e,
-        state.r_cov, state.r_q, state.r_st, state.g, state.pend, state.ready, state.oi, state.of,
-        np.int64(n_out),
-    ))
+_NONE_I32 = np.empty(0, dtype=np.int32)
+_NONE_I64 = np.empty(0, dtype=np.int64)
+_NONE_F64 = np.empty(0, dtype=np.float64)
+_NONE_U8 = np.empty(0, dtype=np.uint8)
+_NONE_U16 = np.empty(0, dtype=np.uint16)
 
 
 def flush_intervals(state: IntervalState) -> IntervalRows:
     """Emit every interval modified since its last emission, closed or not (shutdown, tests)."""
-    return _rows(state, _emit_pending(state, True, 0))
+    n_out, _ = _run(state, _NONE_I32, _NONE_I32, _NONE_I64, _NONE_I64, _NONE_F64, _NONE_U8, _NONE_U16, _EMPTY,
+                    True)
+    return _rows(state, n_out)
 
 
 def latest_rows(rows: IntervalRows) -> IntervalRows:

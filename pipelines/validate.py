@@ -39,6 +39,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
+from pipelines._prefetch import as_float64
 from pipelines.growth import grown_capacity
 from pipelines.batch import (
     QUALITY_EDITED,
@@ -123,34 +124,36 @@ def pack_vee_params(params: Sequence[VeeParams]) -> np.ndarray:
     return table
 
 
-# Per-series state.
-VF_LAST, VF_PENDING = 0, 1
-NVF = 2
-VI_LAST_TS, VI_PENDING_TS, VI_HAS_LAST, VI_PENDING_KIND = 0, 1, 2, 3
-NVI = 4
+# Per-series state: one 64-byte row of int64 per series (the two float64 fields are read through a
+# float64 view of the same buffer), so a reading touches one cache line.
+V_HAS_LAST, V_LAST_TS, V_PENDING_TS, V_PENDING_KIND, V_LAST, V_PENDING = range(6)
+NV = 8
 PENDING_NONE, PENDING_JUMP, PENDING_REPLACEMENT = 0, 1, 2
 
 
 class VeeState:
-    """Last accepted reading and any held-back reading per series id; grows by doubling."""
+    """Last accepted reading and any held-back reading per series id; grows by doubling.
 
-    __slots__ = ("cap", "f", "i")
+    ``f`` (cap, 2) float64 (last accepted value, held value) and ``i`` (cap, 4) int64 (last
+    accepted time, held time, has a last value, kind of the held reading) are views of the rows.
+    """
+
+    __slots__ = ("cap", "rows", "f", "i")
 
     def __init__(self, n_series: int = 64):
         self.cap = 0
-        self.f = np.zeros((0, NVF), dtype=np.float64)
-        self.i = np.zeros((0, NVI), dtype=np.int64)
+        self.rows = np.zeros(0, dtype=np.int64)
         self.ensure_capacity(max(int(n_series), 1))
 
     def ensure_capacity(self, n_series: int) -> None:
         if n_series <= self.cap:
             return
         cap = grown_capacity(self.cap, n_series)
-        f = np.zeros((cap, NVF), dtype=np.float64)
-        f[: self.cap] = self.f
-        i = np.zeros((cap, NVI), dtype=np.int64)
-        i[: self.cap] = self.i
-        self.f, self.i, self.cap = f, i, cap
+        rows = np.zeros(cap * NV, dtype=np.int64)
+        rows[: self.cap * NV] = self.rows
+        self.rows, self.cap = rows, cap
+        self.f = rows.view(np.float64).reshape(cap, NV)[:, V_LAST:V_PENDING + 1]
+        self.i = rows.reshape(cap, NV)[:, [V_LAST_TS, V_PENDING_TS, V_HAS_LAST, V_PENDING_KIND]]
 
 
 @dataclass(slots=True)
@@ -163,16 +166,30 @@ class VeeResult:
     event: np.ndarray  # uint16, EV_* bits
 
 
-@numba.njit(cache=True, inline="always")
-def _plausible(d, dt_ns, max_power, resolution):  # pragma: no cover - compiled
-    """A forward step ``d`` over ``dt_ns`` that a meter of this kind can really have made."""
-    return d >= 0.0 and d <= max_power * (dt_ns / HOUR_NS) + resolution
-
-
 @numba.njit(cache=True, error_model="numpy")
-def _vee_kernel(series, ts, value, quality, kind_of, is_counter, P, F, I,
+def _vee_kernel(series, ts, value, quality, kind_of, is_counter, P, R,
                 out_delta, out_prev, out_q, out_ev):  # pragma: no cover - compiled
+    # Returns -1; -2 before touching anything when a series id is negative or beyond the state or
+    # the per-series arrays (the wrapper grows the state or raises, then calls again); or the index
+    # of a reading whose kind is out of range. R: the state rows (flat int64, floats through F).
+    # A forward step d over dt ns is plausible when 0 <= d <= max_power * (dt / HOUR_NS) + resolution
+    # (spelled out three times below: a helper function would be one more compile at start-up).
+    F = as_float64(R)
     n_kinds = P.shape[0]
+    cap = R.shape[0] // NV
+    lim = cap
+    if kind_of.shape[0] < lim:
+        lim = kind_of.shape[0]
+    if is_counter.shape[0] < lim:
+        lim = is_counter.shape[0]
+    smin = np.int32(0)
+    smax = np.int32(-1)
+    for i in range(series.shape[0]):
+        si = series[i]
+        smin = si if si < smin else smin
+        smax = si if si > smax else smax
+    if smin < 0 or smax >= lim:
+        return -2
     for idx in range(series.shape[0]):
         s = series[idx]
         t = ts[idx]
@@ -183,7 +200,7 @@ def _vee_kernel(series, ts, value, quality, kind_of, is_counter, P, F, I,
         k = kind_of[s]
         if k < 0 or k >= n_kinds:
             return idx
-        if not np.isfinite(x):
+        if not x - x == 0.0:  # NaN or infinite
             out_q[idx] = q | QUALITY_SUSPECT
             out_ev[idx] = EV_MISSING
             continue
@@ -200,22 +217,23 @@ def _vee_kernel(series, ts, value, quality, kind_of, is_counter, P, F, I,
             out_q[idx] = q | QUALITY_OUT_OF_RANGE
             out_ev[idx] = EV_OUT_OF_RANGE
             continue
-        if I[s, VI_HAS_LAST] == 0:
-            I[s, VI_HAS_LAST] = 1
-            I[s, VI_LAST_TS] = t
-            F[s, VF_LAST] = x
+        rb = s * NV
+        if R[rb + V_HAS_LAST] == 0:
+            R[rb + V_HAS_LAST] = 1
+            R[rb + V_LAST_TS] = t
+            F[rb + V_LAST] = x
             out_q[idx] = q
             out_ev[idx] = EV_FIRST
             continue
-        last = F[s, VF_LAST]
-        last_ts = I[s, VI_LAST_TS]
+        last = F[rb + V_LAST]
+        last_ts = R[rb + V_LAST_TS]
         if t <= last_ts:
             out_ev[idx] = EV_OUT_OF_ORDER
             out_q[idx] = q if (t == last_ts and x == last) else (q | QUALITY_SUSPECT)
             continue
         max_power = P[k, V_MAX_POWER]
         res = P[k, V_RESOLUTION]
-        pend_kind = I[s, VI_PENDING_KIND]
+        pend_kind = R[rb + V_PENDING_KIND]
         # 1. does this reading follow on from the last accepted one?
         d = x - last
         ok = False
@@ -224,7 +242,7 @@ def _vee_kernel(series, ts, value, quality, kind_of, is_counter, P, F, I,
         delta = np.nan
         prev = last_ts
         if d >= 0.0:
-            ok = _plausible(d, t - last_ts, max_power, res)
+            ok = d <= max_power * ((t - last_ts) / HOUR_NS) + res
             delta = d
         elif -d <= P[k, V_BACK_TOL]:
             ok = True  # jitter: no consumption, the register is held at its maximum
@@ -236,30 +254,32 @@ def _vee_kernel(series, ts, value, quality, kind_of, is_counter, P, F, I,
             w = P[k, V_WINDOW] * modulus
             if last >= modulus - w and x <= w:
                 delta = modulus - last + x
-                ok = _plausible(delta, t - last_ts, max_power, res)
+                ok = (delta >= 0.0) & (delta <= max_power * ((t - last_ts) / HOUR_NS) + res)
                 if ok:
                     ev |= EV_ROLLOVER
                     q |= QUALITY_EDITED
         if not ok:
             # 2. does it confirm a held reading?
-            p_ts = I[s, VI_PENDING_TS]
-            p_val = F[s, VF_PENDING]
-            if pend_kind != PENDING_NONE and t > p_ts and _plausible(x - p_val, t - p_ts, max_power, res):
+            p_ts = R[rb + V_PENDING_TS]
+            p_val = F[rb + V_PENDING]
+            dp = x - p_val
+            if (pend_kind != PENDING_NONE and t > p_ts and dp >= 0.0
+                    and dp <= max_power * ((t - p_ts) / HOUR_NS) + res):
                 ok = True
                 if pend_kind == PENDING_REPLACEMENT:
                     delta = x  # the new meter counted from its assumed start reading 0
                     ev = EV_REPLACEMENT
                     q |= QUALITY_EDITED | QUALITY_ESTIMATED
                 else:
-                    delta = x - p_val  # re-based: the jump itself is not consumption
+                    delta = dp  # re-based: the jump itself is not consumption
                     prev = p_ts
                     ev = EV_RESET
                     q |= QUALITY_EDITED
             else:
                 # 3. hold it back until the next reading decides
-                F[s, VF_PENDING] = x
-                I[s, VI_PENDING_TS] = t
-                I[s, VI_PENDING_KIND] = (
+                F[rb + V_PENDING] = x
+                R[rb + V_PENDING_TS] = t
+                R[rb + V_PENDING_KIND] = (
                     PENDING_REPLACEMENT if (d < 0.0 and x <= P[k, V_REPL_MAX]) else PENDING_JUMP
                 )
                 out_q[idx] = q | QUALITY_SUSPECT
@@ -268,14 +288,29 @@ def _vee_kernel(series, ts, value, quality, kind_of, is_counter, P, F, I,
         if t - prev > P[k, V_MAX_GAP_S] * 1e9:
             ev |= EV_GAP
         if not keep_last:
-            F[s, VF_LAST] = x
-        I[s, VI_LAST_TS] = t
-        I[s, VI_PENDING_KIND] = PENDING_NONE
+            F[rb + V_LAST] = x
+        R[rb + V_LAST_TS] = t
+        R[rb + V_PENDING_KIND] = PENDING_NONE
         out_delta[idx] = delta
         out_prev[idx] = prev
         out_q[idx] = q
         out_ev[idx] = ev
     return -1
+
+
+def _as(a: np.ndarray, dtype: type) -> np.ndarray:
+    """``a`` as a C-contiguous, writeable array of ``dtype``: itself when it already is one."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    return a if a.flags.writeable else a.copy()
+
+
+def _array(dtype, ndim: int = 1):
+    return numba.types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C")
+
+
+_VEE_SIG = (_array(np.int32), _array(np.int64), _array(np.float64), _array(np.uint8), _array(np.int32),
+            _array(np.bool_), _array(np.float64, 2), _array(np.int64), _array(np.float64), _array(np.int64),
+            _array(np.uint8), _array(np.uint16))
 
 
 def validate_batch(
@@ -297,25 +332,32 @@ def validate_batch(
     if n == 0:
         return res
     table = params_table if isinstance(params_table, np.ndarray) else pack_vee_params(params_table)
-    table = np.ascontiguousarray(table, dtype=np.float64)
-    kinds = np.ascontiguousarray(series_kind, dtype=np.int32)
-    counters = np.ascontiguousarray(series_is_counter, dtype=np.bool_)
-    series = np.ascontiguousarray(batch.series, dtype=np.int32)
-    smin, smax = int(series.min()), int(series.max())
-    if smin < 0:
-        raise ValueError(f"negative series id {smin}")
-    if len(kinds) <= smax or len(counters) <= smax:
-        raise ValueError(f"per-series arrays are shorter than series id {smax} + 1")
-    state.ensure_capacity(smax + 1)
-    bad = _vee_kernel(
-        series, np.ascontiguousarray(batch.ts_ns, dtype=np.int64),
-        np.ascontiguousarray(batch.value, dtype=np.float64),
-        np.ascontiguousarray(batch.quality, dtype=np.uint8), kinds, counters, table, state.f, state.i,
-        res.delta, res.prev_ts, res.quality, res.event,
-    )
+    # one specialisation, compiled (or loaded from the cache) on first use; other dtypes or layouts
+    # raise TypeError at once and are converted, instead of compiling another one mid-poll
+    if not _vee_kernel.signatures:
+        _vee_kernel.compile(_VEE_SIG)
+        _vee_kernel.disable_compile()
+    args = [batch.series, batch.ts_ns, batch.value, batch.quality, series_kind, series_is_counter, table]
+    try:
+        bad = _vee_kernel(*args, state.rows, res.delta, res.prev_ts, res.quality, res.event)
+    except TypeError:
+        args = [_as(a, dt) for a, dt in zip(args, (np.int32, np.int64, np.float64, np.uint8, np.int32, np.bool_,
+                                                   np.float64))]
+        if args[-1].ndim != 2:
+            args[-1] = args[-1].reshape(-1, len(VEE_PARAM_NAMES))
+        bad = -2
+    if bad == -2:  # a series beyond the state (grow it) or a bad id (raise), then again
+        series, kinds, counters = args[0], args[4], args[5]
+        smin, smax = int(series.min()), int(series.max())
+        if smin < 0:
+            raise ValueError(f"negative series id {smin}")
+        if len(kinds) <= smax or len(counters) <= smax:
+            raise ValueError(f"per-series arrays are shorter than series id {smax} + 1")
+        state.ensure_capacity(smax + 1)
+        bad = _vee_kernel(*args, state.rows, res.delta, res.prev_ts, res.quality, res.event)
     if bad >= 0:
-        sid = int(series[bad])
-        raise ValueError(f"series {sid} has kind {int(kinds[sid])}, table has {len(table)} kinds")
+        sid = int(args[0][bad])
+        raise ValueError(f"series {sid} has kind {int(args[4][sid])}, table has {len(args[6])} kinds")
     return res
 
 
