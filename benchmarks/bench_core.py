@@ -9,8 +9,9 @@
    polars (``ewm_mean(...).over(series)``), pandas (group-by ``ewm``) and river (``stats.EWMean``
    per series and point, on a smaller sample, scaled). Results are checked to agree.
 3. 15-minute interval energy and building roll-up from kWh counters (S meters, 100 per building,
-   5 % PV): numba (VEE + intervals + roll-up) against pandas and polars doing the same apportioning
-   and group-bys (without VEE). Building interval energy is checked to agree.
+   5 % PV): numba (VEE + intervals + roll-up; VEE and intervals pipelined on two threads) against
+   pandas and polars doing the same apportioning and group-bys (without VEE). Building interval
+   energy is checked to agree.
 4. Start-up, each in a fresh process: all kernels compiled with an empty NUMBA_CACHE_DIR (and peak
    RSS), and the first detector result with the cache warm. numba imports scipy when it is
    installed (only to look for BLAS); the gateway's own install has no scipy, so both are shown.
@@ -43,13 +44,14 @@ from pipelines.detect import (  # noqa: E402
     pack_params,
     score_batch,
 )
-from pipelines.intervals import IntervalState, accumulate_intervals, concat_rows, flush_intervals  # noqa: E402
+from pipelines.intervals import IntervalState, concat_rows, flush_intervals, validate_and_accumulate  # noqa: E402
 from pipelines.rollup import rollup  # noqa: E402
 from pipelines.synthetic import MINUTE_NS, T0_NS, daily_profile, interleave  # noqa: E402
-from pipelines.validate import VeeParams, VeeState, pack_vee_params, validate_batch  # noqa: E402
+from pipelines.validate import VeeParams, VeeState, pack_vee_params  # noqa: E402
 from pipelines.warmup import warm_up  # noqa: E402
 
 ALPHA = 0.05
+NUMBA_THREADS = 2  # section 3: this 2-core machine; polars' pool also has one thread per core
 QUARTER = 15 * MINUTE_NS
 TARGETS = {
     "detectors_mpts": 100.0,
@@ -101,10 +103,19 @@ def bench_detectors(d: dict[str, np.ndarray], reps: int) -> dict[str, float]:
     kinds = d["is_counter"].astype(np.int32)
     counters = d["is_counter"]
 
-    def whole() -> tuple[np.ndarray, np.ndarray]:
-        return score_batch(batch, DetectorState(n_series), table, kinds, counters)
+    def whole(threads: int) -> tuple[np.ndarray, np.ndarray, DetectorState]:
+        state = DetectorState(n_series)
+        return (*score_batch(batch, state, table, kinds, counters, threads=threads), state)
 
-    t, (score, reason) = best_of(whole, reps)
+    # one pass over the batch on one thread, then on both cores of this machine (each thread owns
+    # a range of series and scans the whole batch); the headline is the faster of the two, and
+    # the 2-thread results (scores, reasons and final state) must be bitwise those of one thread
+    t1, (score, reason, state1) = best_of(lambda: whole(1), reps)
+    t2, (score2, reason2, state2) = best_of(lambda: whole(2), reps)
+    same = (score2.tobytes() == score.tobytes() and reason2.tobytes() == reason.tobytes()
+            and state2.f.tobytes() == state1.f.tobytes() and state2.i.tobytes() == state1.i.tobytes()
+            and state2.seasonal.tobytes() == state1.seasonal.tobytes())
+    threads, t = (2, t2) if t2 < t1 else (1, t1)
     n_small = min(len(batch), 1_000_000)
     small = [batch.take(slice(i, i + 1000)) for i in range(0, n_small, 1000)]
 
@@ -116,12 +127,9 @@ def bench_detectors(d: dict[str, np.ndarray], reps: int) -> dict[str, float]:
     t_small, _ = best_of(in_batches, reps)
     head = batch.take(slice(0, n_small))  # the same readings as one batch, for a like-for-like ratio
     t_head, _ = best_of(lambda: score_batch(head, DetectorState(n_series), table, kinds, counters), reps)
-    t_par, (score2, reason2) = best_of(
-        lambda: score_batch(batch, DetectorState(n_series), table, kinds, counters, threads=2), reps)
-    same = score2.tobytes() == score.tobytes() and reason2.tobytes() == reason.tobytes()
     return {
-        "points": len(batch), "seconds": t, "mpts": len(batch) / t / 1e6,
-        "mpts_2_threads": len(batch) / t_par / 1e6, "threads_identical": same,
+        "points": len(batch), "seconds": t, "mpts": len(batch) / t / 1e6, "threads": threads,
+        "mpts_1_thread": len(batch) / t1 / 1e6, "mpts_2_threads": len(batch) / t2 / 1e6, "threads_identical": same,
         "mpts_1000": n_small / t_small / 1e6, "small_vs_large": t_head / t_small, "fired_share": float((score >= 0.5).mean()),
     }
 
@@ -216,12 +224,14 @@ def bench_ewma(d: dict[str, np.ndarray], reps: int, river_points: int, peers: bo
 
 def intervals_numba(d: dict[str, np.ndarray], meter_building: np.ndarray, meter_pv: np.ndarray,
                     period: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # VEE and interval spreading pipelined over both cores (polars uses both too); the per-reading
+    # VEE result is not kept (keep_vee=False), as the peers keep no per-reading output either
     n = len(meter_building)
     batch = ReadingBatch.from_arrays(d["series"], d["ts"], d["kwh"])
-    vee = validate_batch(batch, VeeState(n), pack_vee_params([VeeParams(rollover_modulus=1e9)]),
-                         np.zeros(n, np.int32), np.ones(n, bool))
     state = IntervalState(QUARTER, lateness_ns=2 * MINUTE_NS, n_meters=n)
-    rows, _ = accumulate_intervals(batch.series, batch.ts_ns, vee, np.arange(n, dtype=np.int32), state)
+    _, rows, _ = validate_and_accumulate(
+        batch, VeeState(n), pack_vee_params([VeeParams(rollover_modulus=1e9)]), np.zeros(n, np.int32),
+        np.ones(n, bool), np.arange(n, dtype=np.int32), state, threads=NUMBA_THREADS, keep_vee=False)
     rows = concat_rows([rows, flush_intervals(state)])
     r = rollup(rows, meter_building, meter_pv, int(meter_building.max()) + 1, period[0], period[1], QUARTER)
     return r.buildings.load_kwh, r.buildings.pv_kwh, r.buildings.import_total_kwh
@@ -312,6 +322,14 @@ def intervals_polars(d: dict[str, np.ndarray], meter_building: np.ndarray, meter
     return load, pv, imp
 
 
+def _polars_threads() -> int | str:
+    try:
+        import polars as pl
+    except ImportError:
+        return "n/a"
+    return pl.thread_pool_size()
+
+
 def bench_intervals(d: dict[str, np.ndarray], reps: int, peers: bool) -> dict[str, float]:
     n = len(d["is_counter"])
     meter_building = (np.arange(n) // 100).astype(np.int32)
@@ -353,17 +371,44 @@ warm_up()
 t_all = time.time()
 # VmHWM, not ru_maxrss: ru_maxrss survives exec and would report the benchmark parent's peak
 hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
-print(json.dumps({{"t_start": t_start, "t_first": t_first, "t_all": t_all, "maxrss_mib": int(hwm) / 1024}}))
+# what the resident pages are at the end (compiling never gives much back): file-backed clean pages
+# (mostly libllvmlite.so's code, shared with every process that maps it) against private ones
+roll = {{l.split(":")[0]: int(l.split()[1]) / 1024 for l in open("/proc/self/smaps_rollup") if l.strip().endswith("kB")}}
+print(json.dumps({{"t_start": t_start, "t_first": t_first, "t_all": t_all, "maxrss_mib": int(hwm) / 1024,
+                  "end": roll}}))
 """
+
+
+def _status_mib(pid: int) -> dict[str, float]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return {l.split(":")[0]: int(l.split()[1]) / 1024 for l in f if l.startswith(("RssAnon", "RssFile"))}
+    except (OSError, ValueError, IndexError):
+        return {}
 
 
 def _child(cache_dir: str, hide_scipy: bool) -> dict[str, float]:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
     t_spawn = time.time()
-    out = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT), hide_scipy=hide_scipy)],
-                         env=env, capture_output=True, text=True, check=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"first_s": r["t_first"] - t_spawn, "all_s": r["t_all"] - t_spawn, "rss_mib": r["maxrss_mib"]}
+    # output to files, not pipes: the parent polls instead of reading, and a full pipe would stall the child
+    with tempfile.TemporaryFile("w+") as fout, tempfile.TemporaryFile("w+") as ferr:
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD.format(root=str(ROOT), hide_scipy=hide_scipy)],
+                                env=env, stdout=fout, stderr=ferr, text=True)
+        # the kernel keeps no high-water mark of the anonymous part: sample it from outside every 2 ms
+        peak_anon = 0.0
+        while proc.poll() is None:
+            peak_anon = max(peak_anon, _status_mib(proc.pid).get("RssAnon", 0.0))
+            time.sleep(0.002)
+        fout.seek(0)
+        ferr.seek(0)
+        out, err = fout.read(), ferr.read()
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, out, err)
+    r = json.loads(out.strip().splitlines()[-1])
+    end = r["end"]
+    return {"first_s": r["t_first"] - t_spawn, "all_s": r["t_all"] - t_spawn, "rss_mib": r["maxrss_mib"],
+            "anon_peak_mib": peak_anon, "end_anon_mib": end.get("Anonymous", 0.0),
+            "end_file_clean_mib": end.get("Shared_Clean", 0.0) + end.get("Private_Clean", 0.0)}
 
 
 def bench_startup() -> dict[str, dict[str, float]]:
@@ -373,7 +418,8 @@ def bench_startup() -> dict[str, dict[str, float]]:
             cold = _child(cache, hide)
             warm = min((_child(cache, hide) for _ in range(3)), key=lambda r: r["first_s"])
         res["no_scipy" if hide else "with_scipy"] = {
-            "cold_all_s": cold["all_s"], "cold_rss_mib": cold["rss_mib"],
+            "cold_all_s": cold["all_s"], "cold_rss_mib": cold["rss_mib"], "cold_anon_peak_mib": cold["anon_peak_mib"],
+            "cold_end_anon_mib": cold["end_anon_mib"], "cold_end_file_clean_mib": cold["end_file_clean_mib"],
             "warm_first_s": warm["first_s"], "warm_all_s": warm["all_s"], "warm_rss_mib": warm["rss_mib"],
         }
     return res
@@ -409,14 +455,17 @@ def main(argv: list[str] | None = None) -> int:
 
     det = bench_detectors(d, args.reps)
     print(f"\n[1] all detectors, one pass: {det['mpts']:.1f} M points/s ({det['seconds']:.3f} s for "
-          f"{det['points']:,}); in batches of 1,000: {det['mpts_1000']:.1f} M points/s "
-          f"({det['small_vs_large']:.0%} of the same readings as one batch); 2 threads: {det['mpts_2_threads']:.1f} M points/s "
-          f"(bitwise identical: {det['threads_identical']}); score >= 0.5 on {det['fired_share']:.3%}", flush=True)
+          f"{det['points']:,}, {det['threads']} thread{'s' if det['threads'] > 1 else ''}: the faster of "
+          f"1 thread {det['mpts_1_thread']:.1f} and 2 threads {det['mpts_2_threads']:.1f} M points/s, "
+          f"bitwise identical: {det['threads_identical']}); in batches of 1,000 (1 thread): "
+          f"{det['mpts_1000']:.1f} M points/s ({det['small_vs_large']:.0%} of the same readings as one batch); "
+          f"score >= 0.5 on {det['fired_share']:.3%}", flush=True)
     ew = bench_ewma(d, args.reps, args.river_points, peers)
     print(f"[2] EWMA z-score: numba {ew['numba_mpts']:.1f} M points/s", flush=True)
     iv = bench_intervals(d, args.reps, peers)
     print(f"[3] VEE + 15-min intervals + roll-up: numba {iv['numba_mpts']:.1f} M points/s "
-          f"({iv['numba_s']:.3f} s)", flush=True)
+          f"({iv['numba_s']:.3f} s, {NUMBA_THREADS} threads; polars pool {_polars_threads()} threads, "
+          f"pandas 1)", flush=True)
     st = None if args.no_startup else bench_startup()
 
     rows = [("detectors, M points/s", f"{det['mpts']:.1f}", f">= {TARGETS['detectors_mpts']:.0f}")]
@@ -450,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
                  f"<= {TARGETS['compile_cold_s']}"),
                 (f"peak RSS of the compiling process [{label}] (MiB)", f"{s['cold_rss_mib']:.0f}",
                  f"<= {TARGETS['peak_rss_mib']:.0f}"),
+                (f"  of it: peak anonymous (sampled) [{label}] (MiB)", f"{s['cold_anon_peak_mib']:.0f}", ""),
+                (f"  at exit: anonymous / clean file pages [{label}] (MiB)",
+                 f"{s['cold_end_anon_mib']:.0f}/{s['cold_end_file_clean_mib']:.0f}", ""),
             ]
     width = max(len(r[0]) for r in rows)
     print("\n" + "measure".ljust(width) + "   measured    target / check")

@@ -1,9 +1,11 @@
-"""Two small numba intrinsics for the detector kernel: a software prefetch and a float64 view.
+"""Two small numba intrinsics for the kernels: a software prefetch and a float64 view.
 
 Why an intrinsic and not numba's own: ``prefetch_row`` exposes LLVM's ``llvm.prefetch``, which numba
-has no spelling for. ``as_float64`` does what ``ndarray.view(np.float64)`` does for a 1-D int64
-array, without numba compiling its general ``view`` implementation (two functions, about half a
-second at start-up) for one use.
+has no spelling for. (The detector kernel no longer uses it: with its state rows in L2 a prefetch
+gained nothing there and cost instructions; it stays for state that outgrows the caches.)
+``as_float64`` does what ``ndarray.view(np.float64)`` does for a 1-D int64 array, without numba
+compiling its general ``view`` implementation (two functions, about half a second at start-up) for
+one use.
 """
 from __future__ import annotations
 

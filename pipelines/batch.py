@@ -23,6 +23,18 @@ QUALITY_NAMES = {
 }
 
 
+def _column(a: Sequence[int] | np.ndarray | int, dtype: type, n: int) -> np.ndarray:
+    """``a`` as an ``n``-long array of ``dtype``: itself if it already is one, a scalar broadcast."""
+    arr = np.asarray(a, dtype=dtype)
+    if arr.ndim == 1 and len(arr) == n:
+        # a read-only array (np.frombuffer, a broadcast view) is copied: the kernels are compiled
+        # for writeable arrays, and another array type would mean another compile mid-poll
+        return arr if arr.flags.writeable else arr.copy()
+    if arr.ndim == 0 and arr == 0:
+        return np.zeros(n, dtype=dtype)  # calloc: zero pages cost nothing until written
+    return np.broadcast_to(arr, (n,)).copy()
+
+
 @dataclass(slots=True)
 class ReadingBatch:
     """Readings of many series: ``series`` ids from a SeriesRegistry, UTC ns timestamps, values, quality flags."""
@@ -54,13 +66,14 @@ class ReadingBatch:
         value: Sequence[float] | np.ndarray,
         quality: Sequence[int] | np.ndarray | int = QUALITY_GOOD,
     ) -> "ReadingBatch":
-        """Build a batch, broadcasting a scalar timestamp or quality over all readings."""
+        """Build a batch, broadcasting a scalar timestamp or quality over all readings.
+
+        Arrays that already have the column's dtype are used as they are, not copied (as for
+        ``series`` and ``value``): a copy of a large batch costs more than the work on it.
+        """
         s = np.asarray(series, dtype=np.int32)
         n = len(s)
-        t = np.broadcast_to(np.asarray(ts_ns, dtype=np.int64), (n,)).copy()
-        v = np.asarray(value, dtype=np.float64)
-        q = np.broadcast_to(np.asarray(quality, dtype=np.uint8), (n,)).copy()
-        return cls(s, t, v, q)
+        return cls(s, _column(ts_ns, np.int64, n), np.asarray(value, dtype=np.float64), _column(quality, np.uint8, n))
 
     @classmethod
     def concat(cls, batches: Sequence["ReadingBatch"]) -> "ReadingBatch":

@@ -52,7 +52,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from pipelines._prefetch import as_float64, prefetch_row
+from pipelines._prefetch import as_float64
 from pipelines.growth import grown_capacity
 from pipelines.batch import ReadingBatch
 
@@ -75,7 +75,8 @@ REASON_NAMES = {
 # deviation by sqrt(pi/2) gives a sigma-equivalent scale, so z thresholds read like usual z-scores.
 MAD_TO_SIGMA = 1.2533141373155003
 
-PREFETCH_AHEAD = 12  # readings; enough to cover an L2/L3 miss at ~30 ns per reading
+SKIP_BLOCK = 16  # readings tested at once for another thread's series (one cache line of ids)
+CHECK_CHUNK = 16384  # readings whose series ids are checked at once (64 KiB of ids: in cache)
 DAY_NS = 86_400 * 1_000_000_000
 HOUR_NS = 3_600 * 1_000_000_000
 CHINA_UTC_OFFSET_S = 8 * 3600  # China Standard Time, no daylight saving
@@ -176,6 +177,8 @@ I_NV, I_NRAW, I_LAST_TS, I_RUN, I_RUN_START, I_LAST_SPIKE, I_OUTLIERS, I_STEP_OU
 NI = 8
 NR = NF + NI
 S_MEAN, S_DEV, S_COUNT, S_OUTLIERS = range(4)
+# the same as unsigned offsets (unsigned plus signed would be a float in numba)
+_U_DEV, _U_COUNT, _U_OUTLIERS = np.uint64(S_DEV), np.uint64(S_COUNT), np.uint64(S_OUTLIERS)
 NS = 4
 # G (int64): geometry, then one row of NQ per kind: the kind's parameters (read as float64 through
 # a view; the kernel's copy of the table, one base register with everything else it reads per
@@ -184,8 +187,15 @@ NS = 4
 G_CAP, G_OFF, G_SLOT, G_SPD, G_NKINDS = range(5)
 G_Q0 = 8
 Q_WARM, Q_LVL_A, Q_SPK_A, Q_SEAS_A, Q_SEAS_MIN, Q_FLAT_N = range(N_PARAMS, N_PARAMS + 6)
-NQ = 32
+# Quiet-path limits (see _score_kernel): float min(z_lo, clip) per detector, and the integer
+# flat_seconds in ns (or NEVER).
+Q_LVL_T, Q_SPK_T, Q_SEAS_T, Q_FLAT_NS = range(N_PARAMS + 6, N_PARAMS + 10)
+# ... and float: 0.0 when runs of zeros are not flatlines, else NaN (x == it is then the test in one
+# comparison); -counter_neg_tol; counter_max_per_hour capped to the largest finite float64.
+Q_ZERO_OK, Q_NEG_TOL, Q_CTR_LIM = range(N_PARAMS + 10, N_PARAMS + 13)
+NQ = 40
 NEVER = np.int64(1) << 62  # a count no series reaches
+_MAX_FLOAT = np.finfo(np.float64).max
 
 
 class DetectorState:
@@ -198,7 +208,7 @@ class DetectorState:
     a baseline and halves the largest array.
     """
 
-    __slots__ = ("cap", "f", "i", "seasonal", "slots_per_day", "utc_offset_s", "_scratch", "_rows", "_rows_f",
+    __slots__ = ("cap", "f", "i", "seasonal", "slots_per_day", "utc_offset_s", "_rows", "_rows_f",
                  "_seas_flat", "_g")
 
     def __init__(self, n_series: int = 64, slots_per_day: int = 96, utc_offset_s: int = CHINA_UTC_OFFSET_S):
@@ -209,20 +219,12 @@ class DetectorState:
         self.cap = 0
         self._rows = np.zeros(0, dtype=np.int64)
         self.seasonal = np.zeros((2 * self.slots_per_day, 0, NS), dtype=np.float32)
-        self._scratch: dict[str, np.ndarray] = {}
         self._g = np.zeros(G_Q0 + 4 * NQ, dtype=np.int64)
         self._g[G_OFF] = self.utc_offset_s * 1_000_000_000
         self._g[G_SLOT] = DAY_NS // self.slots_per_day
         self._g[G_SPD] = self.slots_per_day
         self._g[G_NKINDS] = -1  # no parameters derived yet
         self.ensure_capacity(max(int(n_series), 1))
-
-    def scratch(self, name: str, n: int, dtype: type) -> np.ndarray:
-        """A reusable work array of at least ``n`` entries (multi-threaded scoring only)."""
-        a = self._scratch.get(name)
-        if a is None or len(a) < n:
-            a = self._scratch[name] = np.empty(max(n, 2 * len(a) if a is not None else n), dtype=dtype)
-        return a
 
     def ensure_capacity(self, n_series: int) -> None:
         """Make room for ids < n_series, doubling so growth is amortised O(1) per new series."""
@@ -273,7 +275,7 @@ CLIP_AFTER = 8
 # else b`` and friends keep the builtins' order of comparison, so NaN handling is the same.)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _first_n(a, b):  # pragma: no cover - compiled
     # Smallest n in [0, NEVER] with float(n) * a >= b, NEVER if there is none: the exact integer
     # form of the float comparison (float(n) * a is monotone in n for a > 0).
@@ -290,7 +292,7 @@ def _first_n(a, b):  # pragma: no cover - compiled
     return lo
 
 
-@numba.njit(cache=True, error_model="numpy", forceinline=True)
+@numba.njit(cache=True, error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _weights_scale(m, dev, n, alpha, n_alpha, floor_abs, floor_rel):  # pragma: no cover - compiled
     # EWMA weights of the mean and of the deviation, and the widened scale, for n >= 2 values so
     # far. While n * alpha < 1 (n < n_alpha) the values are averaged with weight 1/n instead.
@@ -312,7 +314,7 @@ def _weights_scale(m, dev, n, alpha, n_alpha, floor_abs, floor_rel):  # pragma: 
     return a, a_dev, scale
 
 
-@numba.njit(cache=True, error_model="numpy", forceinline=True)
+@numba.njit(cache=True, error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _robust_ewma(v, m, dev, n, outl, alpha, n_alpha, clip, floor_abs, floor_rel, z_lo, z_hi):  # pragma: no cover
     """One robust EWMA step of mean ``m`` and absolute deviation ``dev`` (``n`` values so far).
 
@@ -352,10 +354,16 @@ def _robust_ewma(v, m, dev, n, outl, alpha, n_alpha, clip, floor_abs, floor_rel,
     return m - a * lim, dev, outl, score
 
 
-@numba.njit(cache=True, error_model="numpy", forceinline=True)
-def _quiet_ewma(v, m, dev, n, alpha, n_alpha, clip, floor_abs, floor_rel, z_lo, scored):  # pragma: no cover
-    # _robust_ewma for a value that scores nothing (or is not scored) and is not clipped: returns
-    # (m, dev, True) then, bitwise as _robust_ewma would, and (.., .., False) otherwise.
+@numba.njit(cache=True, error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+def _quiet_ewma(v, m, dev, n, alpha, n_alpha, floor_abs, floor_rel, lim):  # pragma: no cover
+    # _robust_ewma for a value within ``lim`` = min(z_lo, clip) scale units: it scores nothing and
+    # is not clipped, whether or not the detector is scored yet or clips yet (a value beyond is
+    # left to the general path even when it would not score or be clipped: one comparison instead
+    # of four). Returns (m, dev, True) then, bitwise as _robust_ewma would, and (.., .., False)
+    # otherwise. lim * scale <= z_lo * scale and clip * scale (rounding is monotone, scale >= 0).
+    # (The quiet path passes the level and spike detectors n = max(nv, 2), its results being
+    # meaningless for fewer values, where the reading is not quiet anyway: LLVM then drops the
+    # n < 2 branch and the negative-index handling of the table lookups by n.)
     r = v - m
     ar = abs(r)
     if n < 2:
@@ -363,11 +371,10 @@ def _quiet_ewma(v, m, dev, n, alpha, n_alpha, clip, floor_abs, floor_rel, z_lo, 
             return v, 0.0, True
         return m + (alpha if n >= n_alpha else 0.5) * r, ar, True
     a, a_dev, scale = _weights_scale(m, dev, n, alpha, n_alpha, floor_abs, floor_rel)
-    quiet = ((not ar > z_lo * scale) | (not scored)) & ((ar <= clip * scale) | (n <= CLIP_AFTER))
-    return m + a * r, dev + a_dev * (ar - dev), quiet
+    return m + a * r, dev + a_dev * (ar - dev), ar <= lim * scale
 
 
-@numba.njit(cache=True, error_model="numpy", forceinline=True)
+@numba.njit(cache=True, error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _slot(t, off_ns, slot_ns, spd, cap):  # pragma: no cover - compiled
     # Seasonal slot of time t: its start and end (UTC ns) and its first entry in the flat S.
     local = t + off_ns
@@ -378,7 +385,7 @@ def _slot(t, off_ns, slot_ns, spd, cap):  # pragma: no cover - compiled
     return lo, lo + slot_ns, (weekend * spd + sl) * cap
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _score_one(G, Gf, F, R, S, s, t, x, k, counter, sb):  # pragma: no cover - compiled
     # Every case of every detector for one finite reading x at time t of series s (kind k, a
     # counter or not; sb: its entry in the seasonal table when the kind has one). Updates the
@@ -513,19 +520,24 @@ def _score_one(G, Gf, F, R, S, s, t, x, k, counter, sb):  # pragma: no cover - c
 
 
 @numba.njit(cache=True, error_model="numpy", nogil=True)
-def _score_kernel(series, ts, value, kind_of, is_counter, P, G, R, S, order, lo, hi,
+def _score_kernel(series, ts, value, kind_of, is_counter, P, G, R, S, s_lo, s_hi, quiet_from, lo, hi,
                   out_score, out_reason):  # pragma: no cover - compiled
-    # Scores positions lo..hi-1. With an empty ``order`` a position is the reading's index and
-    # results go to that index; otherwise position p means reading order[p] and results go to
-    # position p (one thread's contiguous slice: no false sharing between threads).
+    # Scores the readings lo..hi-1 whose series id is in s_lo..s_hi-1, results to the same index;
+    # the others are left to other threads. Each thread scans the whole batch and owns a range of
+    # series ids: no pass to partition the readings, no indirection, and with readings arriving
+    # roughly by id within a poll (as devices answer) each thread writes its own stretches of the
+    # outputs, so two threads seldom share a cache line.
     # P: the (n_kinds, N_PARAMS) parameter table, copied into G (with thresholds derived from it)
     # when it differs from G's copy. G: geometry, parameters, thresholds. R: the state rows (int64,
     # read as float64 through F); S: the seasonal table; both flat, so row offsets are multiples of
     # constants and the range checks let LLVM drop numba's negative-index handling.
-    # Returns -1 when done; -2, before touching the state, when a series id is negative or beyond
-    # the state or the per-series arrays (the wrapper grows the state or raises, then calls again);
-    # -3 likewise when G is too small for the kinds; or the index of a reading whose kind is
-    # out of range.
+    # quiet_from: the quiet path below takes series with at least this many values (2; NEVER
+    # sends every reading to _score_one, which the tests compare with).
+    # Returns -1 when done; -4 - p when a series id of the readings from p on is negative or
+    # beyond the state or the per-series arrays, having scored everything before p and nothing
+    # from p on (the wrapper grows the state or raises, then goes on from p); -3, before touching
+    # anything, when G is too small for the kinds; or the index of a reading whose kind is out
+    # of range.
     #
     # Most readings change no score: their series is past its first values, nothing fires and
     # nothing is clipped. This loop computes exactly that case, straight through, keeping the new
@@ -538,23 +550,18 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, G, R, S, order, lo,
     n_kinds = P.shape[0]
     if G_Q0 + n_kinds * NQ > G.shape[0]:
         return -3
-    direct = order.shape[0] == 0
     if lo < 0:
         lo = 0
-    if direct:
-        lim = cap
-        if kind_of.shape[0] < lim:
-            lim = kind_of.shape[0]
-        if is_counter.shape[0] < lim:
-            lim = is_counter.shape[0]
-        smin = np.int32(0)
-        smax = np.int32(-1)
-        for p in range(lo, hi):
-            sp = series[p]
-            smin = sp if sp < smin else smin
-            smax = sp if sp > smax else smax
-        if smin < 0 or smax >= lim:
-            return -2
+    if hi > series.shape[0]:
+        hi = series.shape[0]
+    lim = cap
+    if kind_of.shape[0] < lim:
+        lim = kind_of.shape[0]
+    if is_counter.shape[0] < lim:
+        lim = is_counter.shape[0]
+    s_span = np.uint64(s_hi - s_lo)  # s is ours when the unsigned s - s_lo is below this
+    if quiet_from < 2:  # the quiet path needs a previous value
+        quiet_from = 2
     same = n_kinds == G[G_NKINDS]
     for k in range(n_kinds):
         for j in range(N_PARAMS):  # equal, and zeros of the same sign (NaN never is: rederived)
@@ -572,170 +579,200 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, G, R, S, order, lo,
             G[qk + Q_SEAS_A] = _first_n(P[k, P_SEAS_ALPHA], 1.0)
             G[qk + Q_SEAS_MIN] = _first_n(1.0, P[k, P_SEAS_MIN])
             G[qk + Q_FLAT_N] = _first_n(1.0, P[k, P_FLAT_N]) if P[k, P_FLAT_N] > 0.0 else NEVER
+            # the first whole ns count d with float(d) >= flat_seconds * 1e9 (NEVER: off; a run
+            # of over NEVER ns then leaves the quiet path, which only costs time)
+            fsec = P[k, P_FLAT_S]
+            G[qk + Q_FLAT_NS] = _first_n(1.0, fsec * 1e9) if fsec > 0.0 else NEVER
+            Gf[qk + Q_ZERO_OK] = 0.0 if P[k, P_FLAT_IGNORE_ZERO] != 0.0 else np.nan
+            Gf[qk + Q_NEG_TOL] = -P[k, P_CTR_NEG_TOL]
+            cmax = P[k, P_CTR_MAX]
+            cmax = cmax if cmax < _MAX_FLOAT else _MAX_FLOAT
+            Gf[qk + Q_CTR_LIM] = cmax if cmax == cmax else -np.inf
+            clip = P[k, P_CLIP]
+            zl = P[k, P_LEVEL_Z_LO]
+            zl = zl if zl < clip else clip
+            Gf[qk + Q_LVL_T] = zl if zl == zl else -np.inf  # (NaN: nothing is quiet)
+            zl = P[k, P_SPIKE_Z_LO]
+            zl = zl if zl < clip else clip
+            Gf[qk + Q_SPK_T] = zl if zl == zl else -np.inf
+            zl = P[k, P_SEAS_Z_LO]
+            zl = zl if zl < clip else clip
+            Gf[qk + Q_SEAS_T] = zl if zl == zl else -np.inf
         G[G_NKINDS] = n_kinds
     off_ns = G[G_OFF]
     slot_ns = G[G_SLOT]
     spd = G[G_SPD]
-    last = hi - 1
     c_lo = np.int64(1)
     c_hi = np.int64(0)
     c_row = np.int64(0)  # c_slot * cap: first entry of the current slot in S
-    for pos in range(lo, hi):
-        up = np.uint64(pos)  # (unsigned: no negative-index handling on the outputs)
-        idx = pos if direct else order[up]
-        if idx < 0:
-            return idx
-        # the state of the reading PREFETCH_AHEAD positions on (a prefetch never faults)
-        ahead = pos + PREFETCH_AHEAD
-        ahead = last if ahead > last else ahead
-        ahead = series[ahead] if direct else series[order[ahead]]
-        prefetch_row(R, ahead * NR)
-        prefetch_row(S, (c_row + ahead) * NS)
-        x = value[idx]
-        if not x - x == 0.0:  # NaN or infinite: a missing reading
-            out_score[up] = 0.0
-            out_reason[up] = REASON_NONE
-            continue
-        s = series[idx]
-        t = ts[idx]
-        if s < 0 or s >= cap:
-            return idx
-        k = kind_of[s]
-        if k < 0 or k >= n_kinds:
-            return idx
-        qk = G_Q0 + k * NQ
-        rb = s * NR
-        nv = R[rb + I_NV]
-        nraw = R[rb + I_NRAW]
-        last_x = F[rb + F_LAST_X]
-        dt = t - R[rb + I_LAST_TS]
-        warm_n = G[qk + Q_WARM]
-        warm = nraw >= warm_n
-        scored = warm & (nv >= warm_n)
-        quiet = nv >= 2  # (then nraw >= 2 too)
+    for c0 in range(lo, hi, CHECK_CHUNK):
+        c1 = c0 + CHECK_CHUNK
+        c1 = hi if c1 > hi else c1
+        # the ids of the chunk are checked before any of it touches the state (the chunk's ids
+        # then stay in cache for the loop below, where a pass over the whole batch first would
+        # read them from memory twice)
+        smin = np.int32(0)
+        smax = np.int32(-1)
+        for p in range(c0, c1):
+            sp = series[np.uint64(p)]
+            smin = sp if sp < smin else smin
+            smax = sp if sp > smax else smax
+        if smin < 0 or smax >= lim:
+            return -4 - c0
+        # Blocks of SKIP_BLOCK readings with none of ours are skipped with one vectorised test
+        # (another thread's readings come in runs as long as a poll's share of a thread).
+        all_ours = (np.uint64(smin - s_lo) < s_span) & (np.uint64(smax - s_lo) < s_span)
+        for b0 in range(c0, c1, SKIP_BLOCK):
+            b1 = b0 + SKIP_BLOCK
+            if b1 > c1:
+                b1 = c1
+            elif not all_ours:
+                ours = 0
+                for j in range(b0, b1):
+                    ours += np.uint64(series[np.uint64(j)] - s_lo) < s_span
+                if ours == 0:
+                    continue
+            for pos in range(b0, b1):
+                up = np.uint64(pos)  # (unsigned: no negative-index handling)
+                s = series[up]
+                if np.uint64(s - s_lo) >= s_span:  # another thread's series
+                    continue
+                # (no software prefetch of the state rows: measured, it gained nothing in arrival
+                # order by device or at random with 10,000 series, whose rows fit in L2, and it
+                # costs a tenth of the instructions of a reading)
+                x = value[up]
+                if not x - x == 0.0:  # NaN or infinite: a missing reading
+                    out_score[up] = 0.0
+                    out_reason[up] = REASON_NONE
+                    continue
+                t = ts[up]
+                idx = pos
+                if s < 0 or s >= cap:
+                    return idx
+                k = kind_of[s]
+                if k < 0 or k >= n_kinds:
+                    return idx
+                qk = G_Q0 + k * NQ
+                rb = s * NR
+                nv = R[rb + I_NV]
+                nraw = R[rb + I_NRAW]
+                last_x = F[rb + F_LAST_X]
+                dt = t - R[rb + I_LAST_TS]
+                quiet = nv >= quiet_from  # (at least 2: then nraw >= 2 too)
+                # The conditions below are those of no score and no clipping whether or not the
+                # series is warm yet: a reading of a series still warming up may leave the quiet
+                # path for nothing, but no warm-up counts are compared on every reading.
 
-        # flatline: the run goes on or restarts, and does not fire
-        same = abs(x - last_x) <= Gf[qk + P_FLAT_EPS]
-        run = R[rb + I_RUN] + 1 if same else np.int64(1)
-        run_start = R[rb + I_RUN_START] if same else t
-        fsec = Gf[qk + P_FLAT_S]
-        flat = (run >= G[qk + Q_FLAT_N]) | ((fsec > 0.0) & (run >= 2) & ((t - run_start) >= fsec * 1e9))
-        quiet &= (not warm) | ((Gf[qk + P_FLAT_IGNORE_ZERO] != 0.0) & (x == 0.0)) | (not flat)
+                # flatline: the run goes on or restarts, and does not fire (a restarted run never
+                # fires by time: t - t = 0 is below Q_FLAT_NS, which is at least 1)
+                same = abs(x - last_x) <= Gf[qk + P_FLAT_EPS]
+                run = R[rb + I_RUN] + 1 if same else np.int64(1)
+                run_start = R[rb + I_RUN_START] if same else t
+                flat = (run >= G[qk + Q_FLAT_N]) | ((t - run_start) >= G[qk + Q_FLAT_NS])
+                quiet &= (x == Gf[qk + Q_ZERO_OK]) | (not flat)
 
-        # counter: a plausible forward step over a positive time; its rate is the value
-        v = x
-        counter = is_counter[s]
-        if counter:
-            d = x - last_x
-            rate = (0.0 if d < 0.0 else d) * (HOUR_NS / dt)
-            quiet &= (not d < -Gf[qk + P_CTR_NEG_TOL]) & (dt > 0) & (not rate > Gf[qk + P_CTR_MAX]) & (rate - rate == 0.0)
-            v = rate
+                # counter: a plausible forward step over a positive time; its rate is the value
+                v = x
+                counter = is_counter[s]
+                if counter:
+                    d = x - last_x
+                    rate = (0.0 if d < 0.0 else d) * (HOUR_NS / dt)
+                    # (rate >= 0: below a finite limit it is finite, and a NaN fails the test)
+                    quiet &= (d >= Gf[qk + Q_NEG_TOL]) & (dt > 0) & (rate <= Gf[qk + Q_CTR_LIM])
+                    v = rate
 
-        clip = Gf[qk + P_CLIP]
-        floor_abs = Gf[qk + P_FLOOR_ABS]
-        floor_rel = Gf[qk + P_FLOOR_REL]
-        m, dev, q = _quiet_ewma(v, F[rb + F_MEAN], F[rb + F_DEV], nv, Gf[qk + P_LEVEL_ALPHA], G[qk + Q_LVL_A],
-                                clip, floor_abs, floor_rel, Gf[qk + P_LEVEL_Z_LO], scored)
-        quiet &= q
-        last_v = F[rb + F_LAST_V]
-        step = abs(v - last_v)
-        if R[rb + I_LAST_SPIKE] != 0:
-            back = abs(v - F[rb + F_PREV_V])
-            step = back if back < step else step  # min(step, back)
-        fs = floor_rel * abs(m)
-        _, sdev, q = _quiet_ewma(step, 0.0, F[rb + F_STEP_DEV], nv, Gf[qk + P_SPIKE_ALPHA], G[qk + Q_SPK_A], clip,
-                                 fs if fs > floor_abs else floor_abs, 0.0, Gf[qk + P_SPIKE_Z_LO], scored)
-        quiet &= q & (not (scored & (dt > 0) & (abs(v - last_v) * 1e9 > Gf[qk + P_MAX_RATE] * dt)))
-        seasonal = Gf[qk + P_SEASONAL] != 0.0
-        sb = np.int64(0)
-        if seasonal:
-            if t < c_lo or t >= c_hi:
-                c_lo, c_hi, c_row = _slot(t, off_ns, slot_ns, spd, cap)
-            sb = (c_row + s) * NS
-            cnt = S[sb + S_COUNT]
-            ncnt = np.int64(cnt)
-            ms, ds, q = _quiet_ewma(v, np.float64(S[sb + S_MEAN]), np.float64(S[sb + S_DEV]), ncnt, Gf[qk + P_SEAS_ALPHA],
-                                    G[qk + Q_SEAS_A], clip, floor_abs, floor_rel, Gf[qk + P_SEAS_Z_LO],
-                                    warm & (ncnt >= G[qk + Q_SEAS_MIN]))
-            quiet &= q
-        if not quiet:
-            out_score[up], out_reason[up] = _score_one(G, Gf, F, R, S, s, t, x, k, counter, sb)
-            continue
-        if seasonal:
-            S[sb + S_MEAN] = ms
-            S[sb + S_DEV] = ds
-            S[sb + S_OUTLIERS] = 0.0
-            if cnt < 65535.0:
-                S[sb + S_COUNT] = cnt + 1.0
-        F[rb + F_MEAN] = m
-        F[rb + F_DEV] = dev
-        F[rb + F_STEP_DEV] = sdev
-        F[rb + F_PREV_V] = last_v
-        F[rb + F_LAST_V] = v
-        F[rb + F_LAST_X] = x
-        R[rb + I_OUTLIERS] = 0
-        R[rb + I_STEP_OUTLIERS] = 0
-        R[rb + I_LAST_SPIKE] = 0
-        R[rb + I_NV] = nv + 1
-        R[rb + I_NRAW] = nraw + 1
-        R[rb + I_LAST_TS] = t
-        R[rb + I_RUN] = run
-        R[rb + I_RUN_START] = run_start
-        out_score[up] = 0.0
-        out_reason[up] = REASON_NONE
+                floor_abs = Gf[qk + P_FLOOR_ABS]
+                floor_rel = Gf[qk + P_FLOOR_REL]
+                # nv, or 2 when below (the quiet test then fails anyway): see _quiet_ewma
+                nv2 = nv if nv > 2 else np.int64(2)
+                m, dev, q = _quiet_ewma(v, F[rb + F_MEAN], F[rb + F_DEV], nv2, Gf[qk + P_LEVEL_ALPHA],
+                                        G[qk + Q_LVL_A], floor_abs, floor_rel, Gf[qk + Q_LVL_T])
+                quiet &= q
+                last_v = F[rb + F_LAST_V]
+                step = abs(v - last_v)
+                if R[rb + I_LAST_SPIKE] != 0:
+                    back = abs(v - F[rb + F_PREV_V])
+                    step = back if back < step else step  # min(step, back)
+                fs = floor_rel * abs(m)
+                _, sdev, q = _quiet_ewma(step, 0.0, F[rb + F_STEP_DEV], nv2, Gf[qk + P_SPIKE_ALPHA],
+                                         G[qk + Q_SPK_A], fs if fs > floor_abs else floor_abs, 0.0,
+                                         Gf[qk + Q_SPK_T])
+                # (a repeated or backward timestamp fails this test too: general path)
+                quiet &= q & (abs(v - last_v) * 1e9 <= Gf[qk + P_MAX_RATE] * dt)
+                seasonal = Gf[qk + P_SEASONAL] != 0.0
+                sb = np.int64(0)
+                if seasonal:
+                    if t < c_lo or t >= c_hi:
+                        c_lo, c_hi, c_row = _slot(t, off_ns, slot_ns, spd, cap)
+                    sb = (c_row + s) * NS
+                    su = np.uint64(sb)  # (unsigned: no negative-index handling on S)
+                    cnt = S[su + _U_COUNT]
+                    ncnt = np.int64(cnt)
+                    ms, ds, q = _quiet_ewma(v, np.float64(S[su]), np.float64(S[su + _U_DEV]), ncnt,
+                                            Gf[qk + P_SEAS_ALPHA], G[qk + Q_SEAS_A], floor_abs, floor_rel,
+                                            Gf[qk + Q_SEAS_T])
+                    quiet &= q
+                if not quiet:
+                    out_score[up], out_reason[up] = _score_one(G, Gf, F, R, S, s, t, x, k, counter, sb)
+                    continue
+                if seasonal:
+                    S[su] = ms  # (S_MEAN is 0)
+                    S[su + _U_DEV] = ds
+                    S[su + _U_OUTLIERS] = 0.0
+                    if cnt < 65535.0:
+                        S[su + _U_COUNT] = cnt + 1.0
+                F[rb + F_MEAN] = m
+                F[rb + F_DEV] = dev
+                F[rb + F_STEP_DEV] = sdev
+                F[rb + F_PREV_V] = last_v
+                F[rb + F_LAST_V] = v
+                F[rb + F_LAST_X] = x
+                R[rb + I_OUTLIERS] = 0
+                R[rb + I_STEP_OUTLIERS] = 0
+                R[rb + I_LAST_SPIKE] = 0
+                R[rb + I_NV] = nv + 1
+                R[rb + I_NRAW] = nraw + 1
+                R[rb + I_LAST_TS] = t
+                R[rb + I_RUN] = run
+                R[rb + I_RUN_START] = run_start
+                out_score[up] = 0.0
+                out_reason[up] = REASON_NONE
     return -1
 
 
-# Series are dealt to threads in blocks of this many neighbouring ids, so two threads never write
-# the same cache line of the state (a seasonal entry is 16 bytes: 4 series share a 64-byte line).
-PARTITION_BLOCK_SHIFT = 4
-
-
-@numba.njit(cache=True, nogil=True)
-def _part_count(series, lo, hi, counts):  # pragma: no cover - compiled
-    # Readings lo..hi-1 per part: a series belongs to part (id >> PARTITION_BLOCK_SHIFT) & (parts - 1)
-    # (parts is a power of two: a mask, not a division per reading).
-    mask = counts.shape[0] - 1
-    for p in range(counts.shape[0]):
-        counts[p] = 0
-    for i in range(lo, hi):
-        counts[(series[i] >> PARTITION_BLOCK_SHIFT) & mask] += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _part_fill(series, lo, hi, cursors, order, where):  # pragma: no cover - compiled
-    # Stable counting sort of readings lo..hi-1 by part, from each part's cursor on: part p (one
-    # thread's work) is order[bounds[p]:bounds[p + 1]], in arrival order, and no series is in two
-    # parts; ``where`` is the inverse of ``order``. Slices of the readings fill in parallel, each
-    # from cursors that _part_count's counts of the slices before it placed.
-    mask = cursors.shape[0] - 1
-    for i in range(lo, hi):
-        p = (series[i] >> PARTITION_BLOCK_SHIFT) & mask
-        c = cursors[p]
-        order[c] = i
-        where[i] = c
-        cursors[p] = c + 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _gather(where, lo, hi, buf_score, buf_reason, out_score, out_reason):  # pragma: no cover - compiled
-    # Readings lo..hi-1 take their results from the positions where their thread wrote them: each
-    # thread writes a contiguous slice of the output (no false sharing).
-    for i in range(lo, hi):
-        p = where[i]
-        out_score[i] = buf_score[p]
-        out_reason[i] = buf_reason[p]
-
-
-_POOL: list = []  # one ThreadPoolExecutor, created on the first multi-threaded call
+_POOLS: dict = {}  # ThreadPoolExecutor per thread count, created on the first call with it
 
 
 def _pool(threads: int):
     from concurrent.futures import ThreadPoolExecutor
 
-    if not _POOL or _POOL[0]._max_workers < threads:
-        _POOL[:] = [ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")]
-    return _POOL[0]
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")
+    return pool
+
+
+# Bounds of the series-id ranges of threads are multiples of this: four seasonal entries (16 bytes
+# each) share a 64-byte cache line, and two threads should not write the same line.
+RANGE_ALIGN = 8
+SPLIT_SAMPLE = 8192  # readings sampled to place the bounds
+# Ranges of series per thread, taken by the threads as they come free. More than one lets a thread
+# take over work when another process holds the other core, but each range costs a scan of the
+# batch's ids: on a quiet machine one per thread was measured faster.
+RANGES_PER_THREAD = 1
+
+
+def _series_ranges(series: np.ndarray, parts: int) -> list[tuple[int, int]]:
+    """Split the series ids into ``parts`` ranges holding about as many readings of ``series`` each.
+
+    Why a sample: the bounds only balance the work; they never change a result, and a strided
+    sample of a few thousand ids places them in microseconds instead of a pass over the batch.
+    """
+    step = max(1, len(series) // SPLIT_SAMPLE)
+    sample = np.sort(series[::step])
+    cuts = [int(sample[(len(sample) * p) // parts]) // RANGE_ALIGN * RANGE_ALIGN for p in range(1, parts)]
+    bounds = [0, *cuts, int(NEVER)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def _as(a: np.ndarray, dtype: type) -> np.ndarray:
@@ -773,7 +810,8 @@ def _array(dtype, ndim: int = 1):
 
 _I64 = numba.types.int64
 _SCORE_SIG = (_array(np.int32), _array(np.int64), _array(np.float64), _array(np.int32), _array(np.bool_),
-              _array(np.float64, 2), _array(np.int64), _array(np.int64), _array(np.float32), _array(np.int64), _I64, _I64, _array(np.float32), _array(np.uint8))
+              _array(np.float64, 2), _array(np.int64), _array(np.int64), _array(np.float32), _I64, _I64, _I64,
+              _I64, _I64, _array(np.float32), _array(np.uint8))
 
 
 def score_batch(
@@ -791,9 +829,19 @@ def score_batch(
     per series id. Returns ``(score float32 in [0, 1], reason uint8)``, one per reading.
 
     ``threads > 1`` splits the series (not the readings) across that many threads; results are
-    bitwise identical to ``threads=1``. Worth it for large batches (backfill, benchmarks); the
-    first call compiles two small helper kernels (``warm_up(threads=...)`` does that at start-up).
+    bitwise identical to ``threads=1``. Worth it for large batches (backfill, benchmarks), from
+    ``PARALLEL_MIN_PER_THREAD`` readings per thread, when readings arrive roughly by series id
+    within a poll (as devices answer): in a random order the threads write the same cache lines
+    of the outputs and gain little or nothing.
     """
+    return _score(batch, state, params_table, series_kind, series_is_counter, threads, 2)
+
+
+def _score(batch: ReadingBatch, state: DetectorState, params_table: np.ndarray | Sequence[DetectorParams],
+           series_kind: np.ndarray, series_is_counter: np.ndarray, threads: int,
+           quiet_from: int) -> tuple[np.ndarray, np.ndarray]:
+    # score_batch, with the kernel's quiet path taking series from ``quiet_from`` values on (NEVER:
+    # no reading takes it; the tests compare the two)
     n = len(batch)
     score = np.empty(n, dtype=np.float32)
     reason = np.empty(n, dtype=np.uint8)
@@ -802,55 +850,43 @@ def score_batch(
     table = params_table if isinstance(params_table, np.ndarray) else pack_params(params_table)
     _one_signature(_score_kernel, *_SCORE_SIG)
     args = [batch.series, batch.ts_ns, batch.value, series_kind, series_is_counter, table]
-    if threads <= 1 or n < 4 * PARALLEL_MIN_PER_THREAD:
-        try:
-            bad = _score_kernel(*args, state._g, state._rows, state._seas_flat,
-                                _NO_ORDER, 0, n, score, reason)
-        except TypeError:  # other dtypes or layouts: convert (copies only what has to change)
-            args = _converted(args)
-            bad = -3
-        while bad in (-2, -3):  # grow the state for new series or kinds (or raise), then again
-            _grow(state, args)
-            bad = _score_kernel(*args, state._g, state._rows, state._seas_flat,
-                                _NO_ORDER, 0, n, score, reason)
-    else:
+    parts = min(int(threads), n // PARALLEL_MIN_PER_THREAD)
+    ranges = _series_ranges(batch.series, parts * RANGES_PER_THREAD) if parts > 1 else [(0, int(NEVER))]
+    starts = [0] * len(ranges)  # where each range goes on from
+    try:
+        codes = _run(args, state, ranges, parts, starts, quiet_from, score, reason)
+    except TypeError:  # other dtypes or layouts: convert (copies only what has to change)
         args = _converted(args)
+        codes = [-3] * len(ranges)
+    while True:
+        bad = max(codes)
+        if bad >= 0:
+            sid = int(args[0][bad])
+            raise ValueError(f"series {sid} has kind {int(args[3][sid])}, table has {len(args[5])} kinds")
+        if bad == -1 and min(codes) == -1:
+            return score, reason
+        # grow the state for new series or kinds (or raise), then go on where each range stopped
         _grow(state, args)
-        series, kinds = args[0], args[3]
-        parts = 1 << (int(min(threads, max(1, n // PARALLEL_MIN_PER_THREAD))).bit_length() - 1)  # a power of 2
-        order = state.scratch("order", n, np.int64)
-        where = state.scratch("where", n, np.int64)
-        for disp, sig in ((_part_count, (_array(np.int32), _I64, _I64, _array(np.int64))),
-                          (_part_fill, (_array(np.int32), _I64, _I64, _array(np.int64), _array(np.int64),
-                                        _array(np.int64))),
-                          (_gather, (_array(np.int64), _I64, _I64, _array(np.float32), _array(np.uint8),
-                                     _array(np.float32), _array(np.uint8)))):
-            _one_signature(disp, *sig)
-        pool = _pool(parts)
-        chunk = -(-n // parts)  # thread t partitions (and later gathers) readings t*chunk..
-        cuts = [(t * chunk, min(n, (t + 1) * chunk)) for t in range(parts)]
-        counts = np.zeros((parts, parts), dtype=np.int64)
-        for f in [pool.submit(_part_count, series, a, b, counts[t]) for t, (a, b) in enumerate(cuts)]:
-            f.result()
-        bounds = np.zeros(parts + 1, dtype=np.int64)
-        bounds[1:] = np.cumsum(counts.sum(axis=0))
-        cursors = bounds[:-1] + np.cumsum(counts, axis=0) - counts  # (slice, part)
-        for f in [pool.submit(_part_fill, series, a, b, cursors[t], order, where) for t, (a, b) in enumerate(cuts)]:
-            f.result()
-        buf_score = state.scratch("score", n, np.float32)
-        buf_reason = state.scratch("reason", n, np.uint8)
-        common = (*args, state._g, state._rows, state._seas_flat, order)
-        # derive the thresholds before the threads start (an empty range), so that no thread writes G
-        _score_kernel(*common, 0, 0, buf_score, buf_reason)
-        futs = [pool.submit(_score_kernel, *common, int(bounds[p]), int(bounds[p + 1]), buf_score, buf_reason)
-                for p in range(parts)]
-        bad = max(int(f.result()) for f in futs)
-        for f in [pool.submit(_gather, where, a, b, buf_score, buf_reason, score, reason) for a, b in cuts]:
-            f.result()
-    if bad >= 0:
-        sid = int(args[0][bad])
-        raise ValueError(f"series {sid} has kind {int(args[3][sid])}, table has {len(args[5])} kinds")
-    return score, reason
+        starts = [n if c == -1 else 0 if c == -3 else -4 - c for c in codes]
+        codes = _run(args, state, ranges, parts, starts, quiet_from, score, reason)
+
+
+def _run(args: list, state: DetectorState, ranges: list[tuple[int, int]], threads: int, starts: list[int],
+         quiet_from: int, score: np.ndarray, reason: np.ndarray) -> list[int]:
+    # _score_kernel's return code per range of series ids (-1 when it had nothing left to do)
+    n = len(score)
+    common = (*args, state._g, state._rows, state._seas_flat)
+    if len(ranges) == 1:
+        s_lo, s_hi = ranges[0]
+        return [_score_kernel(*common, s_lo, s_hi, quiet_from, starts[0], n, score, reason)]
+    # derive the thresholds before the threads start (no readings), so that no thread writes G
+    code = _score_kernel(*common, 0, 0, quiet_from, 0, 0, score, reason)
+    if code != -1:
+        return [code] * len(ranges)
+    pool = _pool(threads)
+    futs = [pool.submit(_score_kernel, *common, s_lo, s_hi, quiet_from, start, n, score, reason) if start < n
+            else None for (s_lo, s_hi), start in zip(ranges, starts)]
+    return [-1 if f is None else int(f.result()) for f in futs]
 
 
 def _converted(args: list) -> list:
@@ -867,7 +903,6 @@ def _grow(state: DetectorState, args: list) -> None:
     state.ensure_kinds(len(args[5]))
 
 
-_NO_ORDER = np.empty(0, dtype=np.int64)
 PARALLEL_MIN_PER_THREAD = 50_000  # below this a thread costs more to wake than it saves
 
 

@@ -29,15 +29,17 @@ complete, less means part of the interval is missing).
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Sequence
 
 import numba
 import numpy as np
 
 from pipelines._prefetch import as_float64
 from pipelines.growth import grown_capacity
-from pipelines.batch import QUALITY_EDITED, QUALITY_ESTIMATED, QUALITY_SUSPECT
-from pipelines.validate import EV_GAP, VeeResult
+from pipelines.batch import QUALITY_EDITED, QUALITY_ESTIMATED, QUALITY_SUSPECT, ReadingBatch
+from pipelines.validate import EV_GAP, VeeParams, VeeResult, VeeState, _validate_range, _vee_args, new_vee_result
 
 UNAPPORTIONED_GAP = 1  # the span was longer than the max gap: not interpolated
 UNAPPORTIONED_LATE = 2  # the span reaches back further than the meter's ring keeps
@@ -47,6 +49,7 @@ _EMPTY = np.iinfo(np.int64).min
 # G (globals) layout
 G_MAX_TS, G_SCANNED, G_NPEND, G_NREADY, G_K, G_CAP = range(6)
 ST_CLEAN, ST_PENDING, ST_READY = 0, 1, 2
+EMIT_NONE, EMIT_CLOSED, EMIT_FLUSH = 0, 1, 2  # what the kernel emits after spreading its range
 # Ring record: interval index, energy (float64 through a view), covered ns, quality | state << 8.
 # Records are laid out slot-major ((K, cap) records of 32 bytes): the meters reporting in one
 # interval touch neighbouring records, and a reading touches one cache line, not one per field.
@@ -135,6 +138,16 @@ class IntervalState:
             self.oi = _grown(self.oi, n)
             self.of = _grown(self.of, n)
 
+    def _reserve(self, n_out: int, n_readings: int) -> None:
+        """Room for the rows and list entries ``n_readings`` typically make (one per 8 readings),
+        in one step instead of many doublings (each copies what is there; zeroed pages that are
+        never written cost nothing)."""
+        extra = n_readings // 8
+        if extra > 64:
+            self._ensure_rows(n_out + extra)
+            if len(self.pend) < int(self.g[G_NPEND]) + extra:
+                self.pend = _grown(self.pend, int(self.g[G_NPEND]) + extra)
+
     def _grow_buffers(self, n_out: int, n_un: int) -> None:
         """Room for the worst case of one more reading and for emitting every listed interval
         (called when the kernel stopped for room)."""
@@ -156,15 +169,18 @@ class IntervalState:
         return None if mx == _EMPTY else mx - self.lateness_ns
 
 
-@numba.njit(cache=True)
-def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late_ns, hint_ts, first, flush,
+@numba.njit(cache=True, error_model="numpy", nogil=True)
+def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late_ns, hint_ts, first, last, mode,
                      ring, G, pend, ready, oi, of, ui, uf, n_out, n_un):  # pragma: no cover
-    # Spreads readings first.. over the rings, then emits: the ready intervals and, when the
-    # watermark crossed an interval end, the pending ones it closed (all of them when flushing).
+    # Spreads readings first..last-1 over the rings, then (mode EMIT_CLOSED or EMIT_FLUSH) emits:
+    # the ready intervals and, when the watermark crossed an interval end, the pending ones it
+    # closed (all of them when flushing). With mode EMIT_NONE it only spreads: a batch spread in
+    # consecutive ranges, then emitted, gives exactly the rows of one call.
     # Never allocates (an allocating kernel costs seconds of extra compile): when the buffers could
     # not take the worst case of the next reading (K evictions, K list entries, K+1 records), it
-    # returns that reading's index, and when they cannot take the emission, the number of readings;
+    # returns that reading's index, and when they cannot take the emission, the end of the range;
     # the wrapper grows the buffers and calls again from there. Returns (-1, n_out, n_un) when done.
+    # nogil: the pipelined driver spreads one chunk while another thread validates the next.
     K = G[G_K]
     cap = G[G_CAP]
     kmask = K - 1
@@ -175,6 +191,8 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
     if hint_ts > max_ts:
         max_ts = hint_ts
     n = series.shape[0]
+    if last < n:
+        n = last
     stop = -1
     if first < 0:  # (lets LLVM see that indices are never negative and drop wrap-around code)
         first = 0
@@ -198,7 +216,34 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
         if not d - d == 0.0:  # NaN: no delta
             continue
         t0 = t0s[u]
-        if (evs[u] & EV_GAP) != 0 or t1 <= t0:
+        q = qs[u] & _CARRY
+        t1m = t1 - 1
+        if t1m >= c_lo and t1m - c_lo < I_ns:
+            j1 = c_j
+        else:
+            j1 = t1m // I_ns
+            c_j = j1
+            c_lo = j1 * I_ns
+        if t0 >= c_lo and t0 < t1 and (evs[u] & EV_GAP) == 0:
+            # the span lies in the interval of t1, already open and listed (most readings when
+            # meters report more often than intervals end): what the code below does, shorter
+            rec = np.uint64(((j1 & kmask) * cap + m) * NRI)
+            qs_rec = ring[rec + RI_QS]
+            if ring[rec + RI_IDX] == j1 and (qs_rec >> 8) != ST_CLEAN:
+                ring_e[rec + RI_E] += d
+                ring[rec + RI_COV] += t1 - t0
+                ring[rec + RI_QS] = qs_rec | q
+                continue
+        off0 = t0 - (c_lo - I_ns)
+        if off0 >= I_ns and off0 < 2 * I_ns:
+            j0 = c_j
+        elif off0 >= 0 and off0 < I_ns:
+            j0 = c_j - 1
+        else:
+            j0 = t0 // I_ns
+        if (evs[u] & EV_GAP) != 0 or t1 <= t0 or j1 - j0 >= K:
+            # a gap, or more intervals than the ring holds (a span beyond the max_span_ns the
+            # state was sized for): not interpolated; and no buffer can overflow
             ui[n_un, 0] = m
             ui[n_un, 1] = t0
             ui[n_un, 2] = t1
@@ -207,32 +252,7 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
             n_un += 1
             continue
         wm = max_ts - late_ns
-        q = qs[u] & _CARRY
         span = np.float64(t1 - t0)
-        t1m = t1 - 1
-        if t1m >= c_lo and t1m - c_lo < I_ns:
-            j1 = c_j
-        else:
-            j1 = t1m // I_ns
-            c_j = j1
-            c_lo = j1 * I_ns
-        off0 = t0 - (c_lo - I_ns)
-        if off0 >= I_ns and off0 < 2 * I_ns:
-            j0 = c_j
-        elif off0 >= 0 and off0 < I_ns:
-            j0 = c_j - 1
-        else:
-            j0 = t0 // I_ns
-        if j1 - j0 >= K:
-            # more intervals than the ring holds (a span beyond the max_span_ns the state was sized
-            # for): not interpolated, as a gap would not be; and no buffer can overflow
-            ui[n_un, 0] = m
-            ui[n_un, 1] = t0
-            ui[n_un, 2] = t1
-            ui[n_un, 3] = UNAPPORTIONED_GAP
-            uf[n_un] = d
-            n_un += 1
-            continue
         assigned = 0.0
         for j in range(j0, j1 + 1):
             a = j * I_ns
@@ -291,39 +311,38 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
     G[G_MAX_TS] = max_ts
     G[G_NPEND] = n_pend
     G[G_NREADY] = n_ready
-    if stop >= 0:
+    if stop >= 0 or mode == EMIT_NONE:
         return stop, n_out, n_un
-    # ---- emission (worst case: every pending entry becomes ready and every ready one is emitted)
-    if n_out + n_pend + n_ready > oi.shape[0] or n_pend + n_ready > ready.shape[0]:
+    # ---- emission: the ready list, then (when the watermark crossed an interval end, or flushing)
+    # the pending list, whose closed intervals are emitted and the others kept, in order; one loop
+    # over both lists so the emission is spelled once (less to compile at start-up)
+    if n_out + n_pend + n_ready > oi.shape[0]:
         return n, n_out, n_un
+    flush = mode == EMIT_FLUSH
     wm = max_ts - late_ns
     wm_idx = wm // I_ns  # intervals with index < wm_idx end at or before wm
+    n_scan = n_ready
     if max_ts != _EMPTY and (flush or wm_idx > G[G_SCANNED]):
-        keep = 0
-        for e in range(n_pend):
-            m = pend[e, 0]
-            j = pend[e, 1]
-            rec = np.uint64(((j & kmask) * cap + m) * NRI)
-            qs_rec = ring[rec + RI_QS]
-            if ring[rec + RI_IDX] != j or (qs_rec >> 8) != ST_PENDING:
-                continue  # stale: evicted and emitted, or already moved on
-            if flush or (j + 1) * I_ns <= wm:
-                ready[n_ready, 0] = m
-                ready[n_ready, 1] = j
-                n_ready += 1
-                ring[rec + RI_QS] = (qs_rec & 0xFF) | (ST_READY << 8)
-            else:
-                pend[keep, 0] = m
-                pend[keep, 1] = j
-                keep += 1
-        n_pend = keep
+        n_scan += n_pend
         G[G_SCANNED] = wm_idx
-    for e in range(n_ready):
-        m = ready[e, 0]
-        j = ready[e, 1]
+    keep = 0
+    for e in range(n_scan):
+        want = ST_READY
+        if e < n_ready:
+            m = ready[e, 0]
+            j = ready[e, 1]
+        else:
+            want = ST_PENDING
+            m = pend[e - n_ready, 0]
+            j = pend[e - n_ready, 1]
         rec = np.uint64(((j & kmask) * cap + m) * NRI)
         qs_rec = ring[rec + RI_QS]
-        if ring[rec + RI_IDX] != j or (qs_rec >> 8) != ST_READY:
+        if ring[rec + RI_IDX] != j or (qs_rec >> 8) != want:
+            continue  # stale: evicted and emitted, or already moved on
+        if want == ST_PENDING and not flush and (j + 1) * I_ns > wm:
+            pend[keep, 0] = m  # still open (keep <= e - n_ready: compacting in place is safe)
+            pend[keep, 1] = j
+            keep += 1
             continue
         oi[n_out, 0] = m
         oi[n_out, 1] = j
@@ -332,7 +351,8 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
         of[n_out, 1] = ring[rec + RI_COV] / I_ns
         n_out += 1
         ring[rec + RI_QS] = qs_rec & 0xFF  # clean
-    G[G_NPEND] = n_pend
+    if n_scan > n_ready:
+        G[G_NPEND] = keep
     G[G_NREADY] = 0
     return -1, n_out, n_un
 
@@ -354,13 +374,17 @@ def _unapportioned(state: IntervalState, n_un: int) -> Unapportioned:
 
 
 def _run(state: IntervalState, meters, series, ts, vee_prev, vee_delta, vee_q, vee_ev, hint: int,
-         flush: bool) -> tuple[int, int]:
-    first, n_out, n_un = 0, 0, 0
+         mode: int, first: int = 0, last: int | None = None, n_out: int = 0, n_un: int = 0) -> tuple[int, int]:
+    """Spread readings first..last-1 (all by default), growing the buffers as the kernel asks, and
+    emit per ``mode``; ``n_out``/``n_un`` rows are already in the buffers (earlier ranges)."""
+    end = len(series) if last is None else int(last)
+    state._reserve(n_out, end - first)
     while True:
         stop, n_out, n_un = _interval_kernel(
             meters, series, ts, vee_prev, vee_delta, vee_q, vee_ev, np.int64(state.interval_ns),
-            np.int64(state.lateness_ns), np.int64(hint), np.int64(first), flush, state.ring, state.g,
-            state.pend, state.ready, state.oi, state.of, state.ui, state.uf, np.int64(n_out), np.int64(n_un),
+            np.int64(state.lateness_ns), np.int64(hint), np.int64(first), np.int64(end), np.int64(mode),
+            state.ring, state.g, state.pend, state.ready, state.oi, state.of, state.ui, state.uf,
+            np.int64(n_out), np.int64(n_un),
         )
         if stop < 0:
             return int(n_out), int(n_un)
@@ -397,8 +421,100 @@ def accumulate_intervals(
                        np.ascontiguousarray(vee.prev_ts, dtype=np.int64),
                        np.ascontiguousarray(vee.delta, dtype=np.float64),
                        np.ascontiguousarray(vee.quality, dtype=np.uint8),
-                       np.ascontiguousarray(vee.event, dtype=np.uint16), hint, False)
+                       np.ascontiguousarray(vee.event, dtype=np.uint16), hint, EMIT_CLOSED)
     return _rows(state, n_out), _unapportioned(state, n_un)
+
+
+# Readings per chunk of the pipelined driver: at most PIPELINE_CHUNK, so that a chunk's VEE output
+# is still in cache (L2/L3) when the interval stage reads it; large, because every hand-over between
+# the threads can wait for a time slice when the machine is busy (on this shared 2-core VM 256 Ki
+# readings beat 64 Ki by 10-30 %); but a batch gets at least 8 chunks, or the stages hardly overlap.
+PIPELINE_CHUNK = 1 << 18
+PIPELINE_CHUNK_MIN = 1 << 15
+PIPELINE_MIN_READINGS = 1 << 18  # below this a second thread costs more than it saves
+
+_POOL: list = []  # one single-worker ThreadPoolExecutor, created on the first pipelined call
+
+
+def _pool() -> ThreadPoolExecutor:
+    if not _POOL:
+        _POOL.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="vee"))
+    return _POOL[0]
+
+
+def validate_and_accumulate(
+    batch: ReadingBatch,
+    vee_state: VeeState,
+    params_table: np.ndarray | Sequence[VeeParams],
+    series_kind: np.ndarray,
+    series_is_counter: np.ndarray,
+    series_meter: np.ndarray,
+    state: IntervalState,
+    now_ts_ns: int | None = None,
+    threads: int = 1,
+    keep_vee: bool = True,
+) -> tuple[VeeResult | None, IntervalRows, Unapportioned]:
+    """``validate_batch`` then ``accumulate_intervals`` on one batch, chunk by chunk.
+
+    The states and the rows are exactly those of the two calls. Why chunks: the VEE output of a
+    chunk is read by the interval stage while it is still in cache, instead of going out to memory
+    and back; and with ``threads=2`` one thread validates chunk i+1 while the calling one spreads
+    chunk i (both kernels release the GIL). Each stage still sees its readings in arrival order.
+    ``keep_vee=False`` returns no per-reading VEE result: the chunks go through two chunk-sized
+    scratch buffers, so no array per reading of the batch is written at all (fresh memory costs a
+    page fault per 4 KiB, and this VM's first touch of a page is slow). A second thread pays off
+    with ``keep_vee=False``; with the per-reading result kept, writing it (page faults, memory
+    bandwidth) dominates and the second thread gains little.
+    On a bad series id or kind a ValueError is raised; the chunks before it have been spread.
+    """
+    n = len(batch)
+    meters = np.ascontiguousarray(series_meter, dtype=np.int32)
+    if len(meters):
+        state.ensure_capacity(int(meters.max()) + 1)
+    hint = _EMPTY if now_ts_ns is None else int(now_ts_ns)
+    res = new_vee_result(n) if keep_vee else None
+    if n == 0:
+        n_out, n_un = _run(state, meters, _NONE_I32, _NONE_I64, _NONE_I64, _NONE_F64, _NONE_U8, _NONE_U16,
+                           hint, EMIT_CLOSED)
+        return res, _rows(state, n_out), _unapportioned(state, n_un)
+    args = _vee_args(batch, params_table, series_kind, series_is_counter)
+    series, ts = args[0], args[1]
+    n_ok = min(len(args[4]), len(args[5]))  # VEE has checked the ids of a validated chunk against these
+    step = min(PIPELINE_CHUNK, max(PIPELINE_CHUNK_MIN, n // 8))
+    scratch = None if keep_vee else [new_vee_result(min(step, n)) for _ in range(2)]
+
+    def vee(c: int) -> None:
+        lo, hi = c * step, min(n, (c + 1) * step)
+        if scratch is None:
+            _validate_range(args, vee_state, res, lo, hi)
+        else:
+            _validate_range(args, vee_state, scratch[c & 1], lo, hi, 0)
+        if len(meters) < n_ok and int(series[lo:hi].max()) >= len(meters):  # VEE accepted it, we cannot
+            raise ValueError(f"series ids must lie in [0, {len(meters)})")
+
+    n_chunks = -(-n // step)
+    state._reserve(0, n)  # for the whole batch: the chunks would reserve a little at a time
+    pool = _pool() if threads > 1 and n >= PIPELINE_MIN_READINGS else None
+    n_out = n_un = 0
+    vee(0)
+    for c in range(n_chunks):
+        lo, hi = c * step, min(n, (c + 1) * step)
+        mode = EMIT_CLOSED if hi == n else EMIT_NONE
+        nxt = pool.submit(vee, c + 1) if pool is not None and c + 1 < n_chunks else None
+        try:
+            if scratch is None:
+                n_out, n_un = _run(state, meters, series, ts, res.prev_ts, res.delta, res.quality, res.event,
+                                   hint, mode, lo, hi, n_out, n_un)
+            else:
+                r = scratch[c & 1]
+                n_out, n_un = _run(state, meters, series[lo:hi], ts[lo:hi], r.prev_ts, r.delta, r.quality,
+                                   r.event, hint, mode, 0, hi - lo, n_out, n_un)
+        finally:
+            if nxt is not None:
+                nxt.result()  # re-raises a VEE error: nothing after its chunk is spread
+        if pool is None and c + 1 < n_chunks:
+            vee(c + 1)
+    return res, _rows(state, n_out), _unapportioned(state, n_un)
 
 
 _NONE_I32 = np.empty(0, dtype=np.int32)
@@ -411,7 +527,7 @@ _NONE_U16 = np.empty(0, dtype=np.uint16)
 def flush_intervals(state: IntervalState) -> IntervalRows:
     """Emit every interval modified since its last emission, closed or not (shutdown, tests)."""
     n_out, _ = _run(state, _NONE_I32, _NONE_I32, _NONE_I64, _NONE_I64, _NONE_F64, _NONE_U8, _NONE_U16, _EMPTY,
-                    True)
+                    EMIT_FLUSH)
     return _rows(state, n_out)
 
 

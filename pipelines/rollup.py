@@ -103,12 +103,16 @@ class Rollup:
     community: GroupRollup
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")
 def _rollup_kernel(meter, start, energy, coverage, meter_group, meter_pv, n_groups, p0, n_t, I_ns,
                    seen, load, pv, n_full):  # pragma: no cover - compiled
     # Walk the rows backwards so the last emission of an interval is the one that counts.
+    # (Written for a short compile: a forward loop over a reversed index, NaN/inf tested by
+    # arithmetic instead of np.isfinite, numpy's error model as I_ns > 0 is checked by the caller.)
     n_m = meter_group.shape[0]
-    for r in range(meter.shape[0] - 1, -1, -1):
+    n_rows = meter.shape[0]
+    for i in range(n_rows):
+        r = n_rows - 1 - i
         m = meter[r]
         if m < 0 or m >= n_m:
             continue
@@ -123,7 +127,7 @@ def _rollup_kernel(meter, start, energy, coverage, meter_group, meter_pv, n_grou
         if g < 0 or g >= n_groups:
             continue
         e = energy[r]
-        if not np.isfinite(e):
+        if not e - e == 0.0:  # NaN or infinite: missing
             continue
         if meter_pv[m]:
             pv[g, j] += e

@@ -127,6 +127,7 @@ def pack_vee_params(params: Sequence[VeeParams]) -> np.ndarray:
 # Per-series state: one 64-byte row of int64 per series (the two float64 fields are read through a
 # float64 view of the same buffer), so a reading touches one cache line.
 V_HAS_LAST, V_LAST_TS, V_PENDING_TS, V_PENDING_KIND, V_LAST, V_PENDING = range(6)
+NP = len(VEE_PARAM_NAMES)  # parameters per kind in the flat table the kernel reads
 NV = 8
 PENDING_NONE, PENDING_JUMP, PENDING_REPLACEMENT = 0, 1, 2
 
@@ -166,16 +167,19 @@ class VeeResult:
     event: np.ndarray  # uint16, EV_* bits
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", nogil=True)
 def _vee_kernel(series, ts, value, quality, kind_of, is_counter, P, R,
                 out_delta, out_prev, out_q, out_ev):  # pragma: no cover - compiled
     # Returns -1; -2 before touching anything when a series id is negative or beyond the state or
     # the per-series arrays (the wrapper grows the state or raises, then calls again); or the index
-    # of a reading whose kind is out of range. R: the state rows (flat int64, floats through F).
+    # of a reading whose kind is out of range. P: the parameter table, flat (NP per kind).
+    # R: the state rows (flat int64, floats through F).
     # A forward step d over dt ns is plausible when 0 <= d <= max_power * (dt / HOUR_NS) + resolution
     # (spelled out three times below: a helper function would be one more compile at start-up).
+    # Each case only sets (delta, prev, q, ev) and the four outputs are written in one place:
+    # fewer stores in the source is less code to compile at start-up.
     F = as_float64(R)
-    n_kinds = P.shape[0]
+    n_kinds = P.shape[0] // NP
     cap = R.shape[0] // NV
     lim = cap
     if kind_of.shape[0] < lim:
@@ -195,102 +199,100 @@ def _vee_kernel(series, ts, value, quality, kind_of, is_counter, P, R,
         t = ts[idx]
         x = value[idx]
         q = quality[idx]
-        out_delta[idx] = np.nan
-        out_prev[idx] = NO_TS
+        delta = np.nan
+        prev = NO_TS
+        ev = 0
         k = kind_of[s]
         if k < 0 or k >= n_kinds:
+            out_delta[idx] = delta
+            out_prev[idx] = prev
             return idx
-        if not x - x == 0.0:  # NaN or infinite
-            out_q[idx] = q | QUALITY_SUSPECT
-            out_ev[idx] = EV_MISSING
-            continue
-        if not is_counter[s]:
-            if x < P[k, V_MIN] or x > P[k, V_MAX]:
-                out_q[idx] = q | QUALITY_OUT_OF_RANGE
-                out_ev[idx] = EV_OUT_OF_RANGE
-            else:
-                out_q[idx] = q
-                out_ev[idx] = 0
-            continue
-        modulus = P[k, V_MODULUS]
-        if x < P[k, V_MIN] or x >= modulus:
-            out_q[idx] = q | QUALITY_OUT_OF_RANGE
-            out_ev[idx] = EV_OUT_OF_RANGE
-            continue
+        pk = k * NP
         rb = s * NV
-        if R[rb + V_HAS_LAST] == 0:
+        if not x - x == 0.0:  # NaN or infinite
+            q |= QUALITY_SUSPECT
+            ev = EV_MISSING
+        elif not is_counter[s]:
+            if x < P[pk + V_MIN] or x > P[pk + V_MAX]:
+                q |= QUALITY_OUT_OF_RANGE
+                ev = EV_OUT_OF_RANGE
+        elif x < P[pk + V_MIN] or x >= P[pk + V_MODULUS]:
+            q |= QUALITY_OUT_OF_RANGE
+            ev = EV_OUT_OF_RANGE
+        elif R[rb + V_HAS_LAST] == 0:
             R[rb + V_HAS_LAST] = 1
             R[rb + V_LAST_TS] = t
             F[rb + V_LAST] = x
-            out_q[idx] = q
-            out_ev[idx] = EV_FIRST
-            continue
-        last = F[rb + V_LAST]
-        last_ts = R[rb + V_LAST_TS]
-        if t <= last_ts:
-            out_ev[idx] = EV_OUT_OF_ORDER
-            out_q[idx] = q if (t == last_ts and x == last) else (q | QUALITY_SUSPECT)
-            continue
-        max_power = P[k, V_MAX_POWER]
-        res = P[k, V_RESOLUTION]
-        pend_kind = R[rb + V_PENDING_KIND]
-        # 1. does this reading follow on from the last accepted one?
-        d = x - last
-        ok = False
-        keep_last = False
-        ev = EV_GLITCH if pend_kind != PENDING_NONE else 0
-        delta = np.nan
-        prev = last_ts
-        if d >= 0.0:
-            ok = d <= max_power * ((t - last_ts) / HOUR_NS) + res
-            delta = d
-        elif -d <= P[k, V_BACK_TOL]:
-            ok = True  # jitter: no consumption, the register is held at its maximum
-            keep_last = True
-            delta = 0.0
-            ev |= EV_BACKWARD
-            q |= QUALITY_EDITED
+            ev = EV_FIRST
+        elif t <= R[rb + V_LAST_TS]:
+            ev = EV_OUT_OF_ORDER
+            if not (t == R[rb + V_LAST_TS] and x == F[rb + V_LAST]):
+                q |= QUALITY_SUSPECT
         else:
-            w = P[k, V_WINDOW] * modulus
-            if last >= modulus - w and x <= w:
-                delta = modulus - last + x
-                ok = (delta >= 0.0) & (delta <= max_power * ((t - last_ts) / HOUR_NS) + res)
-                if ok:
-                    ev |= EV_ROLLOVER
-                    q |= QUALITY_EDITED
-        if not ok:
-            # 2. does it confirm a held reading?
-            p_ts = R[rb + V_PENDING_TS]
-            p_val = F[rb + V_PENDING]
-            dp = x - p_val
-            if (pend_kind != PENDING_NONE and t > p_ts and dp >= 0.0
-                    and dp <= max_power * ((t - p_ts) / HOUR_NS) + res):
-                ok = True
-                if pend_kind == PENDING_REPLACEMENT:
-                    delta = x  # the new meter counted from its assumed start reading 0
-                    ev = EV_REPLACEMENT
-                    q |= QUALITY_EDITED | QUALITY_ESTIMATED
-                else:
-                    delta = dp  # re-based: the jump itself is not consumption
-                    prev = p_ts
-                    ev = EV_RESET
-                    q |= QUALITY_EDITED
+            last = F[rb + V_LAST]
+            last_ts = R[rb + V_LAST_TS]
+            modulus = P[pk + V_MODULUS]
+            max_power = P[pk + V_MAX_POWER]
+            res = P[pk + V_RESOLUTION]
+            pend_kind = R[rb + V_PENDING_KIND]
+            # 1. does this reading follow on from the last accepted one?
+            d = x - last
+            ok = False
+            keep_last = False
+            if pend_kind != PENDING_NONE:
+                ev = EV_GLITCH
+            prev = last_ts
+            if d >= 0.0:
+                ok = d <= max_power * ((t - last_ts) / HOUR_NS) + res
+                delta = d
+            elif -d <= P[pk + V_BACK_TOL]:
+                ok = True  # jitter: no consumption, the register is held at its maximum
+                keep_last = True
+                delta = 0.0
+                ev |= EV_BACKWARD
+                q |= QUALITY_EDITED
             else:
-                # 3. hold it back until the next reading decides
-                F[rb + V_PENDING] = x
-                R[rb + V_PENDING_TS] = t
-                R[rb + V_PENDING_KIND] = (
-                    PENDING_REPLACEMENT if (d < 0.0 and x <= P[k, V_REPL_MAX]) else PENDING_JUMP
-                )
-                out_q[idx] = q | QUALITY_SUSPECT
-                out_ev[idx] = EV_HELD
-                continue
-        if t - prev > P[k, V_MAX_GAP_S] * 1e9:
-            ev |= EV_GAP
-        if not keep_last:
-            F[rb + V_LAST] = x
-        R[rb + V_LAST_TS] = t
-        R[rb + V_PENDING_KIND] = PENDING_NONE
+                w = P[pk + V_WINDOW] * modulus
+                if last >= modulus - w and x <= w:
+                    delta = modulus - last + x
+                    ok = (delta >= 0.0) & (delta <= max_power * ((t - last_ts) / HOUR_NS) + res)
+                    if ok:
+                        ev |= EV_ROLLOVER
+                        q |= QUALITY_EDITED
+            if not ok:
+                # 2. does it confirm a held reading?
+                p_ts = R[rb + V_PENDING_TS]
+                dp = x - F[rb + V_PENDING]
+                if (pend_kind != PENDING_NONE and t > p_ts and dp >= 0.0
+                        and dp <= max_power * ((t - p_ts) / HOUR_NS) + res):
+                    ok = True
+                    if pend_kind == PENDING_REPLACEMENT:
+                        delta = x  # the new meter counted from its assumed start reading 0
+                        ev = EV_REPLACEMENT
+                        q |= QUALITY_EDITED | QUALITY_ESTIMATED
+                    else:
+                        delta = dp  # re-based: the jump itself is not consumption
+                        prev = p_ts
+                        ev = EV_RESET
+                        q |= QUALITY_EDITED
+                else:
+                    # 3. hold it back until the next reading decides
+                    F[rb + V_PENDING] = x
+                    R[rb + V_PENDING_TS] = t
+                    R[rb + V_PENDING_KIND] = (
+                        PENDING_REPLACEMENT if (d < 0.0 and x <= P[pk + V_REPL_MAX]) else PENDING_JUMP
+                    )
+                    delta = np.nan
+                    prev = NO_TS
+                    q |= QUALITY_SUSPECT
+                    ev = EV_HELD
+            if ok:
+                if t - prev > P[pk + V_MAX_GAP_S] * 1e9:
+                    ev |= EV_GAP
+                if not keep_last:
+                    F[rb + V_LAST] = x
+                R[rb + V_LAST_TS] = t
+                R[rb + V_PENDING_KIND] = PENDING_NONE
         out_delta[idx] = delta
         out_prev[idx] = prev
         out_q[idx] = q
@@ -309,8 +311,66 @@ def _array(dtype, ndim: int = 1):
 
 
 _VEE_SIG = (_array(np.int32), _array(np.int64), _array(np.float64), _array(np.uint8), _array(np.int32),
-            _array(np.bool_), _array(np.float64, 2), _array(np.int64), _array(np.float64), _array(np.int64),
+            _array(np.bool_), _array(np.float64), _array(np.int64), _array(np.float64), _array(np.int64),
             _array(np.uint8), _array(np.uint16))
+
+
+_VEE_DTYPES = tuple(np.dtype(t) for t in (np.int32, np.int64, np.float64, np.uint8, np.int32, np.bool_, np.float64))
+
+
+def _vee_args(batch: ReadingBatch, params_table: np.ndarray | Sequence[VeeParams], series_kind: np.ndarray,
+              series_is_counter: np.ndarray) -> list[np.ndarray]:
+    """The kernel's input arrays, converted only when their dtype or layout is not the compiled one."""
+    table = params_table if isinstance(params_table, np.ndarray) else pack_vee_params(params_table)
+    # one specialisation, compiled (or loaded from the cache) on first use; other dtypes or layouts
+    # raise TypeError at once and are converted, instead of compiling another one mid-poll
+    if not _vee_kernel.signatures:
+        _vee_kernel.compile(_VEE_SIG)
+        _vee_kernel.disable_compile()
+    args = [batch.series, batch.ts_ns, batch.value, batch.quality, series_kind, series_is_counter, table]
+    for a, dt in zip(args, _VEE_DTYPES):
+        if not (isinstance(a, np.ndarray) and a.dtype == dt and a.flags.c_contiguous and a.flags.writeable):
+            args = [_as(a, dt) for a, dt in zip(args, _VEE_DTYPES)]
+            break
+    if args[-1].ndim == 2 and args[-1].shape[1] != NP:
+        raise ValueError(f"params table has {args[-1].shape[1]} columns, expected {NP}")
+    # the kernel reads the table flat (one index per access instead of two)
+    args[-1] = args[-1].reshape(-1, NP).reshape(-1)
+    for a in args[:-1]:
+        if a.ndim != 1:
+            raise ValueError("batch columns and per-series arrays must be 1-D")
+    return args
+
+
+def _validate_range(args: list[np.ndarray], state: VeeState, out: VeeResult, lo: int, hi: int,
+                    out_lo: int | None = None) -> None:
+    """Validate readings lo..hi-1 of ``args`` into ``out`` from position ``out_lo`` (default ``lo``),
+    growing the state for new series ids; raises ValueError for bad ids or kinds (readings before
+    the bad one are done). Releases the GIL while the kernel runs."""
+    if hi <= lo:
+        return
+    o = lo if out_lo is None else out_lo
+    chunk = [a[lo:hi] for a in args[:4]] + args[4:]
+    out = (out.delta[o:o + hi - lo], out.prev_ts[o:o + hi - lo], out.quality[o:o + hi - lo],
+           out.event[o:o + hi - lo])
+    bad = _vee_kernel(*chunk, state.rows, *out)
+    if bad == -2:  # a series beyond the state (grow it) or a bad id (raise), then again
+        series, kinds, counters = chunk[0], chunk[4], chunk[5]
+        smin, smax = int(series.min()), int(series.max())
+        if smin < 0:
+            raise ValueError(f"negative series id {smin}")
+        if len(kinds) <= smax or len(counters) <= smax:
+            raise ValueError(f"per-series arrays are shorter than series id {smax} + 1")
+        state.ensure_capacity(smax + 1)
+        bad = _vee_kernel(*chunk, state.rows, *out)
+    if bad >= 0:
+        sid = int(chunk[0][bad])
+        raise ValueError(f"series {sid} has kind {int(args[4][sid])}, table has {len(args[6]) // NP} kinds")
+
+
+def new_vee_result(n: int) -> VeeResult:
+    """Uninitialised output arrays for ``n`` readings (every position is written by the kernel)."""
+    return VeeResult(np.empty(n, np.float64), np.empty(n, np.int64), np.empty(n, np.uint8), np.empty(n, np.uint16))
 
 
 def validate_batch(
@@ -326,38 +386,10 @@ def validate_batch(
     series id. The sum of the finite deltas of a counter is its consumption, rollover-corrected.
     """
     n = len(batch)
-    res = VeeResult(
-        np.empty(n, np.float64), np.empty(n, np.int64), np.empty(n, np.uint8), np.empty(n, np.uint16)
-    )
+    res = new_vee_result(n)
     if n == 0:
         return res
-    table = params_table if isinstance(params_table, np.ndarray) else pack_vee_params(params_table)
-    # one specialisation, compiled (or loaded from the cache) on first use; other dtypes or layouts
-    # raise TypeError at once and are converted, instead of compiling another one mid-poll
-    if not _vee_kernel.signatures:
-        _vee_kernel.compile(_VEE_SIG)
-        _vee_kernel.disable_compile()
-    args = [batch.series, batch.ts_ns, batch.value, batch.quality, series_kind, series_is_counter, table]
-    try:
-        bad = _vee_kernel(*args, state.rows, res.delta, res.prev_ts, res.quality, res.event)
-    except TypeError:
-        args = [_as(a, dt) for a, dt in zip(args, (np.int32, np.int64, np.float64, np.uint8, np.int32, np.bool_,
-                                                   np.float64))]
-        if args[-1].ndim != 2:
-            args[-1] = args[-1].reshape(-1, len(VEE_PARAM_NAMES))
-        bad = -2
-    if bad == -2:  # a series beyond the state (grow it) or a bad id (raise), then again
-        series, kinds, counters = args[0], args[4], args[5]
-        smin, smax = int(series.min()), int(series.max())
-        if smin < 0:
-            raise ValueError(f"negative series id {smin}")
-        if len(kinds) <= smax or len(counters) <= smax:
-            raise ValueError(f"per-series arrays are shorter than series id {smax} + 1")
-        state.ensure_capacity(smax + 1)
-        bad = _vee_kernel(*args, state.rows, res.delta, res.prev_ts, res.quality, res.event)
-    if bad >= 0:
-        sid = int(args[0][bad])
-        raise ValueError(f"series {sid} has kind {int(args[4][sid])}, table has {len(args[6])} kinds")
+    _validate_range(_vee_args(batch, params_table, series_kind, series_is_counter), state, res, 0, n)
     return res
 
 

@@ -315,3 +315,110 @@ def test_threads_give_bitwise_identical_results(monkeypatch):
     bad_kinds[3] = 7
     with pytest.raises(ValueError, match="kind"):
         score_batch(batch, DetectorState(16), TABLE, bad_kinds, counters, threads=2)
+
+
+EDGY = DetectorParams(warmup_samples=2, level_alpha=1.0, level_z_lo=0.5, level_z_hi=1.0, clip=1.5, floor_abs=0.0,
+                      floor_rel=0.0, seasonal_alpha=0.7, seasonal_min_count=0, seasonal_z_lo=0.0, seasonal_z_hi=0.5,
+                      flat_samples=3, flat_seconds=0.0, flat_eps=0.05, flat_ignore_zero=False, spike_alpha=0.9,
+                      spike_z_lo=1.0, spike_z_hi=1.0, max_rate_per_s=0.01)
+JITTERY_COUNTER = DetectorParams.counter(5.0, counter_neg_tol=0.5, warmup_samples=3, level_alpha=0.3,
+                                         seasonal_min_count=3, seasonal_z_lo=1.0, seasonal_z_hi=2.0, flat_samples=4)
+EVERY_KIND = pack_params([LOAD, GAUGE, COUNTER, EDGY, JITTERY_COUNTER])
+
+
+def _rough_stream(seed: int, n_series: int = 20, n_ticks: int = 300):
+    """Everything that leaves the quiet path, often: NaN and inf, spikes, flat and zero runs,
+    counters that roll over, step back or jump, repeated and backward timestamps, extreme values."""
+    rng = np.random.default_rng(seed)
+    series, ts = interleave(n_series, n_ticks, MINUTE_NS * 7, rng, jitter_ns=MINUTE_NS * 3, shuffle="random")
+    kinds = rng.integers(0, 5, n_series).astype(np.int32)
+    counters = (kinds == 2) | (kinds == 4)
+    value = np.empty(len(ts))
+    for s in range(n_series):
+        m = series == s
+        k = int(m.sum())
+        v = np.cumsum(rng.normal(0, rng.choice([0.01, 1.0, 100.0]), k)) + rng.uniform(-50, 50)
+        if counters[s]:
+            v = np.cumsum(np.abs(rng.normal(0, 0.2, k))) + rng.uniform(0, 1000)
+            v[rng.integers(0, k, 3)] -= rng.choice([0.2, 5.0, 1000.0], 3)  # jitter, steps back, resets
+            v[int(rng.integers(0, k)):] += 500.0  # an impossible jump
+        v[rng.integers(0, k, 4)] *= rng.choice([10.0, -3.0, 0.0, 1e12], 4)  # spikes and extremes
+        a = int(rng.integers(0, k - 20))
+        v[a: a + int(rng.integers(2, 20))] = v[a]  # a flat run
+        b = int(rng.integers(0, k - 10))
+        v[b: b + int(rng.integers(2, 10))] = 0.0  # a zero run
+        v[rng.random(k) < 0.03] = rng.choice([np.nan, np.inf, -np.inf])
+        value[m] = v
+    dup = rng.random(len(ts)) < 0.02  # repeated and backward timestamps
+    ts[dup] -= rng.integers(0, 2 * MINUTE_NS * 7, dup.sum())
+    return ReadingBatch.from_arrays(series, ts, value), kinds, counters
+
+
+def _state_bytes(state: DetectorState, n: int) -> tuple[bytes, bytes]:
+    return state.f[:n].tobytes() + state.i[:n].tobytes(), state.seasonal[:, :n].tobytes()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(0, 40))
+def test_quiet_path_is_bitwise_the_general_path(seed, n_cuts):
+    """The kernel's straight-through path for readings that change no score gives exactly what the
+    general path (every case, run for every reading when the quiet path is switched off) gives:
+    scores, reasons and the whole state, whole batches or split anywhere."""
+    from pipelines.detect import NEVER, _score
+
+    batch, kinds, counters = _rough_stream(seed % 10_000)
+    n = len(kinds)
+    rng = np.random.default_rng(seed)
+    cuts = np.unique(rng.integers(1, len(batch), size=n_cuts))
+    runs = []
+    for quiet_from in (2, int(NEVER)):
+        state = DetectorState(4)
+        parts = [_score(batch.take(slice(a, b)), state, EVERY_KIND, kinds, counters, 1, quiet_from)
+                 for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(batch)])]
+        runs.append((np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                     _state_bytes(state, n)))
+    (s1, r1, st1), (s2, r2, st2) = runs
+    assert (r2 != REASON_NONE).any() and (r2 == REASON_NONE).any()
+    assert s1.tobytes() == s2.tobytes()
+    assert r1.tobytes() == r2.tobytes()
+    assert st1 == st2
+
+
+def test_quiet_path_on_the_mixed_stream_and_with_threads(monkeypatch):
+    import pipelines.detect as detect
+
+    monkeypatch.setattr(detect, "PARALLEL_MIN_PER_THREAD", 100)
+    batch, kinds, counters = _mixed_stream(8, n_ticks=600)
+    n = len(kinds)
+    ref_state = DetectorState(n)
+    ref = detect._score(batch, ref_state, TABLE, kinds, counters, 1, int(detect.NEVER))
+    for threads in (1, 2, 3):
+        state = DetectorState(n)
+        got = score_batch(batch, state, TABLE, kinds, counters, threads=threads)
+        assert got[0].tobytes() == ref[0].tobytes() and got[1].tobytes() == ref[1].tobytes()
+        assert _state_bytes(state, n) == _state_bytes(ref_state, n)
+
+
+def test_state_grows_mid_batch_and_scoring_goes_on_where_it_stopped(monkeypatch):
+    """Series first seen deep into a large batch (past the kernel's first chunk of checked ids)
+    make the state grow there; scoring resumes where it stopped, on one thread or several."""
+    import pipelines.detect as detect
+
+    monkeypatch.setattr(detect, "PARALLEL_MIN_PER_THREAD", 100)
+    rng = np.random.default_rng(3)
+    n_series, n_ticks = 64, 800
+    series, ts = interleave(n_series, n_ticks, MINUTE_NS, rng, jitter_ns=MINUTE_NS // 2, shuffle="device")
+    value = rng.normal(10.0, 1.0, len(series))
+    late = series >= 32
+    keep = ~late | (np.arange(len(series)) > 3 * detect.CHECK_CHUNK)  # ids 32.. appear late
+    batch = ReadingBatch.from_arrays(series[keep], ts[keep], value[keep])
+    kinds = (np.arange(n_series) % 3).astype(np.int32)
+    counters = kinds == 2
+    ref_state = DetectorState(n_series)
+    ref = score_batch(batch, ref_state, TABLE, kinds, counters)
+    for threads in (1, 2):
+        state = DetectorState(32)  # room for the early ids only
+        got = score_batch(batch, state, TABLE, kinds, counters, threads=threads)
+        assert state.cap > 32
+        assert got[0].tobytes() == ref[0].tobytes() and got[1].tobytes() == ref[1].tobytes()
+        assert _state_bytes(state, n_series) == _state_bytes(ref_state, n_series)

@@ -10,6 +10,7 @@ from pipelines.batch import QUALITY_EDITED, QUALITY_ESTIMATED, ReadingBatch
 from pipelines.intervals import (
     UNAPPORTIONED_GAP,
     IntervalState,
+    Unapportioned,
     accumulate_intervals,
     concat_rows,
     flush_intervals,
@@ -185,3 +186,58 @@ def test_intervals_add_up_to_the_counter_delta(stream, interval_ns, seed, latene
     assert rows2.energy_kwh.tobytes() == rows.energy_kwh.tobytes()
     assert rows2.start_ns.tobytes() == rows.start_ns.tobytes()
     assert rows2.quality.tobytes() == rows.quality.tobytes()
+
+
+def _fields(obj):
+    return [getattr(obj, f) for f in obj.__slots__]
+
+
+@pytest.mark.parametrize("threads,keep_vee,chunk", [(1, True, 7), (2, True, 7), (2, False, 5), (2, False, 1 << 16)])
+def test_pipelined_validate_and_accumulate_equals_the_two_calls(monkeypatch, threads, keep_vee, chunk):
+    from pipelines import intervals
+
+    # small chunks and no size threshold, so the chunk hand-over is exercised on a small batch
+    monkeypatch.setattr(intervals, "PIPELINE_CHUNK", chunk)
+    monkeypatch.setattr(intervals, "PIPELINE_MIN_READINGS", 1)
+    rng = np.random.default_rng(5)
+    n, ticks = 6, 80
+    series = np.tile(np.arange(n, dtype=np.int32), ticks)
+    ts = np.repeat(np.arange(ticks, dtype=np.int64) * 4 * MIN, n) + rng.integers(0, 60, n * ticks) * 10**9
+    values = 100.0 + np.cumsum(rng.uniform(0, 0.5, n * ticks))
+    values[rng.integers(0, len(values), 12)] = np.nan
+    values[rng.integers(0, len(values), 6)] = 0.0  # replacements and glitches
+    keep = ~((series == 2) & (ts > 100 * MIN) & (ts < 260 * MIN))  # a gap: unapportioned energy
+    series, ts, values = series[keep], ts[keep], values[keep]
+    meters = np.array([0, 1, 2, -1, 3, 4], dtype=np.int32)  # series 3 is not an interval meter
+    kinds, counters = np.zeros(n, np.int32), np.ones(n, bool)
+    results = []
+    for pipelined in (False, True):
+        vst = VeeState(2)  # grows on the way
+        ist = IntervalState(QUARTER, lateness_ns=MIN, max_span_ns=7200 * 10**9, n_meters=1)
+        out = []
+        for a, b in ((0, 150), (150, len(ts))):
+            batch = ReadingBatch.from_arrays(series[a:b], ts[a:b], values[a:b])
+            if pipelined:
+                vee, rows, un = intervals.validate_and_accumulate(batch, vst, VEE, kinds, counters, meters, ist,
+                                                                  threads=threads, keep_vee=keep_vee)
+            else:
+                vee = validate_batch(batch, vst, VEE, kinds, counters)
+                rows, un = accumulate_intervals(batch.series, batch.ts_ns, vee, meters, ist)
+            out += ([vee] if keep_vee else []) + [rows, un]
+        out.append(flush_intervals(ist))
+        results.append([a.tobytes() for o in out for a in _fields(o)] + [vst.rows.tobytes(), ist.ring.tobytes()])
+    assert results[0] == results[1]
+    assert any(len(u) for u in out if isinstance(u, Unapportioned))
+
+
+def test_pipelined_driver_reports_bad_ids():
+    batch = ReadingBatch.from_arrays([0, 5], [0, MIN], [1.0, 2.0])
+    ist = IntervalState(QUARTER, n_meters=1)
+    from pipelines.intervals import validate_and_accumulate
+
+    with pytest.raises(ValueError):
+        validate_and_accumulate(batch, VeeState(1), VEE, np.zeros(6, np.int32), np.ones(6, bool),
+                                np.zeros(2, np.int32), ist)
+    with pytest.raises(ValueError):
+        validate_and_accumulate(batch, VeeState(1), VEE, np.zeros(2, np.int32), np.ones(2, bool),
+                                np.zeros(6, np.int32), ist)

@@ -159,3 +159,27 @@ def test_deltas_add_up_to_the_rollover_corrected_consumption(increments, start, 
     d = np.concatenate(deltas)
     assert (d[~np.isnan(d)] >= 0).all()  # never negative consumption
     assert np.nansum(d) == pytest.approx(inc.sum(), rel=1e-9, abs=1e-6)
+
+
+def test_from_arrays_uses_writeable_columns_as_they_are():
+    ts = np.arange(4, dtype=np.int64) * MIN
+    b = ReadingBatch.from_arrays(np.zeros(4, np.int32), ts, np.ones(4))
+    assert b.ts_ns is ts  # no copy of a large batch's timestamps
+    assert b.quality.tolist() == [0, 0, 0, 0] and b.quality.dtype == np.uint8
+    frozen = ts.copy()
+    frozen.flags.writeable = False
+    b = ReadingBatch.from_arrays(np.zeros(4, np.int32), frozen, np.ones(4), QUALITY_SUSPECT)
+    assert b.ts_ns.flags.writeable and b.ts_ns is not frozen  # kernels take writeable arrays only
+    assert b.quality.tolist() == [QUALITY_SUSPECT] * 4
+    assert ReadingBatch.from_arrays([0, 1], 7, [1.0, 2.0]).ts_ns.tolist() == [7, 7]
+
+
+def test_validate_accepts_other_dtypes_and_a_flat_table():
+    table = pack_vee_params([PARAMS])
+    batch = ReadingBatch.from_arrays([0, 0, 0], np.array([0, 10, 20]) * MIN, [1.0, 1.5, 2.5])
+    ref = validate_batch(batch, VeeState(1), table, np.zeros(1, np.int32), np.array([True]))
+    other = validate_batch(batch, VeeState(1), table.ravel(), np.zeros(1, np.int64), [1])
+    np.testing.assert_array_equal(ref.delta, other.delta)
+    np.testing.assert_array_equal(ref.event, other.event)
+    with pytest.raises(ValueError):
+        validate_batch(batch, VeeState(1), table, np.array([3], np.int32), np.array([True]))  # no kind 3
