@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import logging
 import time
@@ -24,6 +25,9 @@ from drivers.mqtt.chirpstack import decode_parking_uplink
 from drivers.mqtt.client import MqttSettings, MqttSubscriber
 from drivers.mqtt.decoded import ClockWindow, Decoder, DecodeResult
 from drivers.mqtt.elevator import ElevatorDecoder
+from drivers.mqtt import json_columns
+from drivers.mqtt.batching import PendingBatch
+from drivers.mqtt.json_columns import Columns, JsonColumns
 from drivers.mqtt.json_mapping import FieldSpec, JsonDecoder, JsonMapping
 from drivers.mqtt.people_counter import PeopleCounterDecoder
 from drivers.polling import ERROR_KINDS, PolledDevice
@@ -34,7 +38,7 @@ from gateway.pipeline import Pipeline
 from gateway.sinks.influxdb import AckGroup, InfluxV1Writer, InfluxV2Writer, OutboxSink, Writer
 from gateway.sinks.line_protocol import LineProtocolEncoder
 from gateway.sinks.outbox import Outbox
-from pipelines.batch import QUALITY_GOOD, ReadingBatch
+from pipelines.batch import ReadingBatch
 from pipelines.rollup import EmissionFactor
 from pipelines.series import SeriesRegistry
 from pipelines.validate import VeeParams
@@ -44,7 +48,30 @@ log = logging.getLogger("gateway")
 
 MQTT_BATCH_WINDOW_S = 0.02  # MQTT readings wait at most this long to share a batch
 MQTT_BATCH_MAX_POINTS = 20_000  # a pending MQTT batch goes down the pipeline at this size at the latest
+MQTT_DECODE_MAX_MESSAGES = 10_000  # undecoded messages are decoded at this count at the latest
+GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's default: 700)
 MQTT_SILENT_AFTER_S = 15 * 60  # an MQTT device counts as online while it sent a good message this recently
+
+
+def settle_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off the startup heap and out of the message path.
+
+    After the imports and the numba warm-up the heap holds some 150,000 objects that live as long as
+    the process; a full collection walks all of them (~40 ms), and at tens of thousands of MQTT
+    messages a second paho's per-message objects (MQTTMessage, MQTTMessageInfo with its Condition)
+    trigger one every second or so: measured as a quarter of the gateway's CPU at 20,000 messages/s,
+    and the stalls show up in the latency. Freezing moves the startup heap out of the collector's
+    reach; the larger first threshold makes young collections rare. Nothing on the data path relies
+    on cycles being freed promptly (its objects are freed by reference counting).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
+def _call_all(acks: list[Ack]) -> None:
+    for ack in acks:
+        ack()
 
 
 def _clock(s: Subscription) -> ClockWindow:
@@ -89,10 +116,14 @@ class Gateway:
         self.buses: dict[str, ModbusBus | Dlt645Client] = {b.name: self._make_bus(b) for b in cfg.buses}
         self.pollers: list[PolledDevice] = [self._make_poller(d) for d in cfg.devices]
         self.mqtt: MqttSubscriber | None = None
-        self._mqtt_pending: tuple[list, list, list, list] = ([], [], [], [])  # series, ts, values, acks
-        self._mqtt_pending_sids: set[int] = set()  # the series in _mqtt_pending
+        self._mqtt_pending = PendingBatch(self._accept_mqtt, MQTT_BATCH_MAX_POINTS)
+        # messages received and not decoded yet (the batching window), with one ack per delivery
+        self._inbox_topics: list[str] = []
+        self._inbox_payloads: list[bytes] = []
+        self._inbox_acks: list[Ack] = []
         self._mqtt_flush_scheduled = False
         self.mqtt_devices: dict[str, float] = {}  # device -> monotonic time of last good message
+        self._mqtt_health_sids: dict[str, list[int]] = {}  # device -> its device_health series
         if cfg.mqtt is not None and (cfg.subscriptions or cfg.northbound is not None):
             m = cfg.mqtt
             tls = m.tls
@@ -103,7 +134,7 @@ class Gateway:
                              str(tls.key_file) if tls and tls.key_file else None,
                              tls is not None, bool(tls and tls.insecure)),
                 [(s.topic, s.qos) for s in cfg.subscriptions],
-                self._on_mqtt_message,
+                on_burst=self._on_mqtt_burst, burst_window_s=MQTT_BATCH_WINDOW_S,
             )
         self._decoder_for = [(s.topic, DECODERS[s.decoder](s)) for s in cfg.subscriptions]
         self._drops_logged: Counter[str] = Counter()  # per device: decode problems already in a status log
@@ -111,6 +142,9 @@ class Gateway:
         # remembered (topics bounded, since a broker can send arbitrarily many distinct topics)
         self._decoder_of_topic: dict[str, Decoder | None] = {}
         self._series_of: dict[tuple, int] = {}
+        # the columnar fast path per decoder, and per decoder a table device index -> series of its fields
+        self._columns: dict[int, JsonColumns | None] = {}
+        self._sid_tables: dict[int, np.ndarray] = {}
 
     # construction ----------------------------------------------------------------------------
     def _make_sink(self, s: InfluxDB1Sink | InfluxDB2Sink) -> OutboxSink:
@@ -241,44 +275,12 @@ class Gateway:
         return found
 
     def _on_mqtt_message(self, topic: str, payload: bytes, ack: Ack) -> None:
-        """Decode one message into the pending MQTT batch; the batch goes down the pipeline every
-        20 ms (or at 20,000 points), so a burst of messages costs one pass of the core, not one each."""
-        decoder = self._decoder(topic)
-        if decoder is None:
-            ack()
-            return
-        kept = False
-        pend = self._mqtt_pending
-        try:
-            result = decoder(topic, payload, self.site, self.clock.now_ns())
-            for r in result.readings:
-                line = (r.measurement, tuple(r.tags.items()))
-                for field, value in r.fields.items():
-                    sid = self._series_of.get((line, field))
-                    if sid is None:
-                        sid = self._series_of[(line, field)] = self.registry.register(r.measurement, r.tags, field)
-                    if sid in self._mqtt_pending_sids:
-                        # the rules take a batch's last reading of a series: a second reading (a car's next
-                        # status) starts a new batch, or a short condition between the two is never seen
-                        self._flush_mqtt()
-                        pend = self._mqtt_pending
-                    self._mqtt_pending_sids.add(sid)
-                    pend[0].append(sid)
-                    pend[1].append(r.ts_ns)
-                    pend[2].append(value)
-                    kept = True
-        except Exception as e:  # a decoder bug costs this message, never the subscription or the loop
-            result = DecodeResult(problems=[("decoder_error", f"{type(e).__name__}: {e}"[:300])])
-        for reason, detail in result.problems:
-            self.decode_drops[(result.device or "unknown", reason)] += 1
-            self._burst.log(logging.WARNING, "payload_dropped", (result.device, reason), detail,
-                            device=result.device or "unknown", error=reason, topic=topic)
-        if not kept:
-            ack()  # nothing to keep: acknowledging loses nothing
-            return
-        self.mqtt_devices[result.device] = time.monotonic()
-        pend[3].append(ack)
-        if len(pend[0]) >= MQTT_BATCH_MAX_POINTS:
+        """One message (tests, and callers that deliver one at a time): it waits for the batching
+        window (20 ms, or MQTT_DECODE_MAX_MESSAGES) to be decoded with the messages after it."""
+        self._inbox_topics.append(topic)
+        self._inbox_payloads.append(payload)
+        self._inbox_acks.append(ack)
+        if len(self._inbox_topics) >= MQTT_DECODE_MAX_MESSAGES:
             self._flush_mqtt()
         elif not self._mqtt_flush_scheduled:
             try:
@@ -290,20 +292,142 @@ class Gateway:
             # a few milliseconds of latency buy one pass of the core for a whole burst of messages
             loop.call_later(MQTT_BATCH_WINDOW_S, self._flush_mqtt)
 
+    def _on_mqtt_burst(self, topics: list[str], payloads: list[bytes], ack: Ack) -> None:
+        """What the subscriber collected over the batching window: decoded in one go and sent down the
+        pipeline now, so a burst costs a few numpy calls and one pass of the core however many
+        messages it holds.
+
+        ``ack`` acknowledges these messages once every reading of them is committed (right away
+        when nothing in them is kept: acknowledging loses nothing then)."""
+        self._inbox_topics += topics
+        self._inbox_payloads += payloads
+        self._inbox_acks.append(ack)
+        self._flush_mqtt()
+
     def _flush_mqtt(self) -> None:
+        """Decode what waits and send the pending batch down the pipeline."""
         self._mqtt_flush_scheduled = False
-        series, ts, values, acks = self._mqtt_pending
-        if not series:
+        topics, payloads, acks = self._inbox_topics, self._inbox_payloads, self._inbox_acks
+        self._inbox_topics, self._inbox_payloads, self._inbox_acks = [], [], []
+        if topics:
+            self._decode_burst(topics, payloads, acks[0] if len(acks) == 1 else partial(_call_all, acks))
+        self._mqtt_pending.flush()
+
+    def _decode_burst(self, topics: list[str], payloads: list[bytes], ack: Ack) -> None:
+        """Decode messages into the pending batch: columns where the decoder has them, else one by one."""
+        now_ns = self.clock.now_ns()
+        decoders = [self._decoder(t) for t in topics]
+        first = decoders[0]
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []  # msg, series, ts, value
+        slow: list[int] = []
+        groups = [first] if all(d is first for d in decoders) else list(dict.fromkeys(decoders))
+        for decoder in groups:
+            if decoder is None:
+                continue
+            idx = None if len(groups) == 1 else [i for i, d in enumerate(decoders) if d is decoder]
+            columns = self._columns_of(decoder)
+            if columns is None:
+                slow += range(len(topics)) if idx is None else idx
+                continue
+            t = topics if idx is None else [topics[i] for i in idx]
+            p = payloads if idx is None else [payloads[i] for i in idx]
+            try:
+                cols = columns.decode(t, p, now_ns)
+            except Exception as e:  # noqa: BLE001 - a bug here must cost speed (per-message path), not data
+                log_event(log, logging.ERROR, "burst_decode_failed", f"{type(e).__name__}: {e}"[:300])
+                slow += range(len(topics)) if idx is None else idx
+                continue
+            pos = np.arange(len(topics)) if idx is None else np.asarray(idx)
+            slow += pos[cols.rest].tolist()
+            if len(cols.taken):
+                parts.append(self._readings_of(decoder, columns, cols, pos[cols.taken]))
+        if slow:
+            slow.sort()
+            parts += self._decode_each(slow, topics, payloads, decoders, now_ns)
+        parts = [x for x in parts if len(x[0])]
+        if not parts:
+            ack()  # nothing to keep: acknowledging loses nothing
             return
-        self._mqtt_pending = ([], [], [], [])
-        self._mqtt_pending_sids = set()
-        batch = ReadingBatch.from_arrays(series, ts, values, QUALITY_GOOD)
+        if len(parts) == 1:
+            msg, sids, ts, values = parts[0]
+        else:
+            msg, sids, ts, values = (np.concatenate([x[k] for x in parts]) for k in range(4))
+            order = np.argsort(msg, kind="stable")  # arrival order: the last reading of a series wins
+            msg, sids, ts, values = msg[order], sids[order], ts[order], values[order]
+        self._mqtt_pending.add(msg, sids, ts, values, ack)
 
-        def ack_all() -> None:
-            for a in acks:
-                a()
+    def _columns_of(self, decoder: Decoder) -> JsonColumns | None:
+        """The columnar fast path of a decoder, if it has one."""
+        try:
+            return self._columns[id(decoder)]
+        except KeyError:
+            pass
+        columns = JsonColumns(decoder) if isinstance(decoder, JsonDecoder) and json_columns.supports(decoder) else None
+        self._columns[id(decoder)] = columns
+        return columns
 
-        self.accept(batch, ack_all)
+    def _readings_of(self, decoder: Decoder, columns: JsonColumns, cols: Columns,
+                     msg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Columns -> readings (message position, series, ts, value), series looked up per device, once."""
+        table = self._sid_tables.get(id(decoder))
+        n_fields = len(columns.field_names)
+        if table is None or len(table) < len(columns.devices):
+            grown = np.full((max(64, 2 * len(columns.devices)), n_fields), -1, dtype=np.int32)
+            if table is not None:
+                grown[: len(table)] = table
+            table = self._sid_tables[id(decoder)] = grown
+        devices = np.unique(cols.device)
+        m = columns.mapping
+        for d in devices[table[devices, 0] < 0]:
+            tags = {"site": self.site, "device": columns.devices[d], **m.tags}  # as JsonDecoder builds them
+            table[d] = [self.registry.register(m.measurement, tags, f) for f in columns.field_names]
+        seen = time.monotonic()
+        for d in devices.tolist():
+            self.mqtt_devices[columns.devices[d]] = seen
+        present = ~np.isnan(cols.values)
+        rows, fields = np.nonzero(present)  # row-major: a message's fields stay together, in order
+        return (msg[rows], table[cols.device[rows], fields], cols.ts_ns[rows], cols.values[rows, fields])
+
+    def _decode_each(self, positions: list[int], topics: list[str], payloads: list[bytes],
+                     decoders: list[Decoder | None], now_ns: int) -> list[tuple[np.ndarray, ...]]:
+        """The per-message path: decoders without a columnar form, and what the fast path left over."""
+        msg: list[int] = []
+        sids: list[int] = []
+        ts: list[int] = []
+        values: list[float] = []
+        for i in positions:
+            decoder = decoders[i]
+            assert decoder is not None
+            kept = False
+            try:
+                result = decoder(topics[i], payloads[i], self.site, now_ns)
+                for r in result.readings:
+                    line = (r.measurement, tuple(r.tags.items()))
+                    for field, value in r.fields.items():
+                        sid = self._series_of.get((line, field))
+                        if sid is None:
+                            sid = self._series_of[(line, field)] = self.registry.register(r.measurement, r.tags,
+                                                                                          field)
+                        msg.append(i)
+                        sids.append(sid)
+                        ts.append(r.ts_ns)
+                        values.append(value)
+                        kept = True
+            except Exception as e:  # a decoder bug costs this message, never the subscription or the loop
+                result = DecodeResult(problems=[("decoder_error", f"{type(e).__name__}: {e}"[:300])])
+            for reason, detail in result.problems:
+                self.decode_drops[(result.device or "unknown", reason)] += 1
+                self._burst.log(logging.WARNING, "payload_dropped", (result.device, reason), detail,
+                                device=result.device or "unknown", error=reason, topic=topics[i])
+            if kept:
+                self.mqtt_devices[result.device] = time.monotonic()
+        if not msg:
+            return []
+        return [(np.asarray(msg, dtype=np.int64), np.asarray(sids, dtype=np.int32), np.asarray(ts, dtype=np.int64),
+                 np.asarray(values, dtype=np.float64))]
+
+    def _accept_mqtt(self, batch: ReadingBatch, acks: list[Ack]) -> None:
+        self.accept(batch, partial(_call_all, acks) if acks else None)
 
     def _mqtt_status(self) -> None:
         """device_health (driver mqtt) of every device heard from, and one log line per device with new drops.
@@ -324,10 +448,14 @@ class Gateway:
         horizon = time.monotonic() - MQTT_SILENT_AFTER_S
         series, values = [], []
         for device in sorted((set(self.mqtt_devices) | set(per_device)) - {"unknown"}):
-            tags = {"site": self.site, "device": device, "driver": "mqtt"}
+            sids = self._mqtt_health_sids.get(device)
+            if sids is None:  # thousands of devices every status interval: registered once each
+                tags = {"site": self.site, "device": device, "driver": "mqtt"}
+                sids = self._mqtt_health_sids[device] = [self.registry.register("device_health", tags, f)
+                                                         for f in ("online", "stale", "errors")]
             online = float(self.mqtt_devices.get(device, -1e18) >= horizon)
             # stale as for polled devices, so the device_offline rule also covers devices that went silent
-            series += [self.registry.register("device_health", tags, f) for f in ("online", "stale", "errors")]
+            series += sids
             values += [online, 1.0 - online, float(sum(per_device.get(device, {}).values()))]
         if series:
             self.accept(ReadingBatch.from_arrays(series, self.clock.now_ns(), values))
@@ -387,6 +515,7 @@ class Gateway:
             # compile (or load from numba's cache) every kernel now, never on the first poll
             took = await asyncio.to_thread(warm_up)
             log_event(log, logging.INFO, "core_ready", "", seconds=round(took, 2))
+        settle_garbage_collector()
         for sink in self.sinks:
             sink.start()  # each sink creates its database itself, so a server that is down delays nothing
         tasks = [asyncio.create_task(p.run(), name=f"poll-{p.device_id}") for p in self.pollers]

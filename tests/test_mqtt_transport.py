@@ -157,8 +157,7 @@ def test_unacknowledged_messages_come_back_after_a_crash(mosquitto):
         publish(pub, "crash/m1", [b"a", b"b", b"c"])
         await wait_until(lambda: len(first) == 3, 10, "three messages")
         # the process dies without acknowledging: drop the socket, no DISCONNECT handshake
-        sub.client.loop_stop()
-        sub.client.socket().close()
+        sub.abort()
         await asyncio.sleep(0.5)
         publish(pub, "crash/m1", [b"d"])  # published while the gateway is down: queued by the broker
         again = MqttSubscriber(settings(mosquitto.port, client_id=client_id), [("crash/#", 1)],

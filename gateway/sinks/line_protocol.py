@@ -1,8 +1,11 @@
-"""InfluxDB line protocol from columnar batches, vectorised: no Python object per point.
+"""InfluxDB line protocol from columnar batches.
 
 Readings of one series set (measurement + tags) at one timestamp become one line with several
 fields. The per-series text (escaped measurement, tags and field key) is prepared once when a
-series first appears; encoding a batch is numpy string ufuncs over whole arrays.
+series first appears. Sorting, grouping into lines and dropping duplicates are numpy operations
+over the batch; the text itself is one list comprehension and one join: measured on a 1,800-point
+batch, numpy's fixed-width string ufuncs (float to text, concatenation, stripping the padding) took
+about 3 us per point, Python's float repr and str.join about 0.6.
 """
 from __future__ import annotations
 
@@ -29,8 +32,8 @@ class LineProtocolEncoder:
     def __init__(self, registry: SeriesRegistry) -> None:
         self.registry = registry
         self._n = 0
-        self._line_prefix = np.empty(0, dtype="S1")  # per line id: b"meas,tag=v "
-        self._field_key = np.empty(0, dtype="S1")  # per series: b"field="
+        self._line_prefix: list[str] = []  # per line id: "meas,tag=v "
+        self._field_key: list[str] = []  # per series: "field="
         self._is_int = np.empty(0, dtype=bool)
 
     def _refresh(self) -> None:
@@ -38,17 +41,15 @@ class LineProtocolEncoder:
         n = len(self.registry)
         if n == self._n:
             return
-        prefixes = []
-        for meas, tags in self.registry.lines:
+        lines = self.registry.lines
+        for meas, tags in lines[len(self._line_prefix):]:
             tag_text = "".join(f",{escape_key(k)}={escape_key(v)}" for k, v in tags)
-            prefixes.append((escape_measurement(meas) + tag_text + " ").encode())
-        keys, ints = [], []
-        for key in self.registry.keys:
-            keys.append((escape_key(key.field) + "=").encode())
+            self._line_prefix.append(escape_measurement(meas) + tag_text + " ")
+        ints = []
+        for key in self.registry.keys[self._n:]:
+            self._field_key.append(escape_key(key.field) + "=")
             ints.append(lookup_measurement(key.measurement).field(key.field).type == "int")
-        self._line_prefix = np.array(prefixes, dtype=bytes)
-        self._field_key = np.array(keys, dtype=bytes)
-        self._is_int = np.array(ints, dtype=bool)
+        self._is_int = np.concatenate([self._is_int, np.array(ints, dtype=bool)])
         self._n = n
 
     def encode(self, batch: ReadingBatch) -> tuple[bytes, int]:
@@ -74,21 +75,20 @@ class LineProtocolEncoder:
             keep = ~dup
             series, ts, value, lines = series[keep], ts[keep], value[keep], lines[keep]
             n = len(series)
+        text = list(map(repr, value.tolist()))  # the shortest text that reads back as the same float
         is_int = self._is_int[series]
-        vstr = value.astype("S32")  # numpy's float -> str is the shortest round-tripping repr
         if is_int.any():
-            ints = np.round(value[is_int]).astype(np.int64).astype("S")
-            vstr = vstr.astype(f"S{max(vstr.dtype.itemsize, ints.dtype.itemsize + 1)}")
-            vstr[is_int] = np.strings.add(ints, b"i")
+            for i, v in zip(np.flatnonzero(is_int).tolist(), np.round(value[is_int]).astype(np.int64).tolist()):
+                text[i] = f"{v}i"
         start = np.ones(n, dtype=bool)
         start[1:] = (lines[1:] != lines[:-1]) | (ts[1:] != ts[:-1])
         end = np.ones(n, dtype=bool)
         end[:-1] = start[1:]
-        head = np.where(start, self._line_prefix[lines], b",")
-        tail = np.where(end, np.strings.add(np.strings.add(b" ", ts.astype("S")), b"\n"), b"")
-        piece = np.strings.add(np.strings.add(np.strings.add(head, self._field_key[series]), vstr), tail)
-        # fixed-width bytes pad with NUL, which line protocol never contains: strip them in one pass
-        return piece.tobytes().replace(b"\x00", b""), n
+        prefix, key = self._line_prefix, self._field_key
+        pieces = [(prefix[line] if first else ",") + key[sid] + v + (f" {t}\n" if last else "")
+                  for line, sid, v, first, last, t in zip(lines.tolist(), series.tolist(), text, start.tolist(),
+                                                           end.tolist(), ts.tolist())]
+        return "".join(pieces).encode(), n
 
 
 # --- the rare path: lines a server refused ---------------------------------------------------
