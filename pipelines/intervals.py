@@ -36,7 +36,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from pipelines._prefetch import as_float64
+from pipelines._intrinsics import as_float64
 from pipelines.growth import grown_capacity
 from pipelines.batch import QUALITY_EDITED, QUALITY_ESTIMATED, QUALITY_SUSPECT, ReadingBatch
 from pipelines.validate import EV_GAP, VeeParams, VeeResult, VeeState, _validate_range, _vee_args, new_vee_result

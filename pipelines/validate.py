@@ -39,7 +39,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from pipelines._prefetch import as_float64
+from pipelines._intrinsics import as_float64
 from pipelines.growth import grown_capacity
 from pipelines.batch import (
     QUALITY_EDITED,
