@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway.devservices import free_port, start_influxd, start_mosquitto  # noqa: E402
+from gateway.devservices import free_port, start_influxd, start_mosquitto, stop_process  # noqa: E402
 
 
 def _remaining_length(n: int) -> bytes:
@@ -264,11 +264,7 @@ def main() -> None:
                 time.sleep(2.0)
             pub.close()
         finally:
-            gw.terminate()
-            try:
-                gw.wait(20)
-            except subprocess.TimeoutExpired:
-                gw.kill()
+            stop_process(gw, 20)
             broker.stop()
             influxd.stop()
         good = [r for r in results if not r["lost"] and r["p99_s"] < 1.0]

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -46,7 +45,7 @@ from drivers.modbus.blocks import plan_blocks  # noqa: E402
 from drivers.modbus.poller import BusSettings, HostLimits, ModbusBus, ModbusDevicePoller  # noqa: E402
 from drivers.modbus.profile import load_profiles  # noqa: E402
 from firmware_sim.scenario import gateway_config, load_scenario  # noqa: E402
-from gateway.devservices import free_port, start_mosquitto  # noqa: E402
+from gateway.devservices import free_port, start_mosquitto, stop_process  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -238,13 +237,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict:
             "expected": expected_rates(cfg), "polls_ok": load.polls_ok, "polls_failed": load.polls_failed,
         }
     finally:
-        if sim is not None and sim.poll() is None:
-            sim.send_signal(signal.SIGTERM)
-            try:
-                sim.wait(20)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-                sim.wait(5)
+        if sim is not None:
+            stop_process(sim, 20)
         mosquitto.stop()
 
 

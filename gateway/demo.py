@@ -20,7 +20,7 @@ from pathlib import Path
 
 import tomli_w
 
-from gateway.devservices import Service, influx_ping, port_open, start_influxd, start_mosquitto
+from gateway.devservices import Service, influx_ping, port_open, start_influxd, start_mosquitto, stop_process
 
 DATABASE = "community"
 
@@ -30,17 +30,6 @@ def influx_query(url: str, q: str, db: str = DATABASE) -> list[dict]:
     with urllib.request.urlopen(f"{url}/query?{params}", timeout=5) as r:
         doc = json.load(r)
     return [s for res in doc.get("results", []) for s in res.get("series", [])]
-
-
-def _stop(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -118,8 +107,9 @@ def run_demo(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         return 0
     finally:
-        _stop(gw)
-        _stop(sim)
+        for proc in (gw, sim):
+            if proc is not None:
+                stop_process(proc, 15.0)
         for svc in reversed(started):
             svc.stop()
         print("demo stopped")

@@ -39,6 +39,7 @@ from gateway.sinks.influxdb import AckGroup, InfluxV1Writer, InfluxV2Writer, Out
 from gateway.sinks.line_protocol import LineProtocolEncoder
 from gateway.sinks.outbox import Outbox
 from pipelines.batch import ReadingBatch
+from pipelines.growth import grown_capacity
 from pipelines.rollup import EmissionFactor
 from pipelines.series import SeriesRegistry
 from pipelines.validate import VeeParams
@@ -142,8 +143,11 @@ class Gateway:
         # remembered (topics bounded, since a broker can send arbitrarily many distinct topics)
         self._decoder_of_topic: dict[str, Decoder | None] = {}
         self._series_of: dict[tuple, int] = {}
-        # the columnar fast path per decoder, and per decoder a table device index -> series of its fields
-        self._columns: dict[int, JsonColumns | None] = {}
+        # the columnar fast path of each json decoder whose mapping fits it (by id of the decoder), and
+        # per decoder a table device index -> series of its fields
+        self._columns: dict[int, JsonColumns] = {
+            id(d): JsonColumns(d) for _, d in self._decoder_for
+            if isinstance(d, JsonDecoder) and json_columns.supports(d)}
         self._sid_tables: dict[int, np.ndarray] = {}
 
     # construction ----------------------------------------------------------------------------
@@ -325,7 +329,7 @@ class Gateway:
             if decoder is None:
                 continue
             idx = None if len(groups) == 1 else [i for i, d in enumerate(decoders) if d is decoder]
-            columns = self._columns_of(decoder)
+            columns = self._columns.get(id(decoder))
             if columns is None:
                 slow += range(len(topics)) if idx is None else idx
                 continue
@@ -356,23 +360,14 @@ class Gateway:
             msg, sids, ts, values = msg[order], sids[order], ts[order], values[order]
         self._mqtt_pending.add(msg, sids, ts, values, ack)
 
-    def _columns_of(self, decoder: Decoder) -> JsonColumns | None:
-        """The columnar fast path of a decoder, if it has one."""
-        try:
-            return self._columns[id(decoder)]
-        except KeyError:
-            pass
-        columns = JsonColumns(decoder) if isinstance(decoder, JsonDecoder) and json_columns.supports(decoder) else None
-        self._columns[id(decoder)] = columns
-        return columns
-
     def _readings_of(self, decoder: Decoder, columns: JsonColumns, cols: Columns,
                      msg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Columns -> readings (message position, series, ts, value), series looked up per device, once."""
         table = self._sid_tables.get(id(decoder))
         n_fields = len(columns.field_names)
         if table is None or len(table) < len(columns.devices):
-            grown = np.full((max(64, 2 * len(columns.devices)), n_fields), -1, dtype=np.int32)
+            grown = np.full((grown_capacity(len(table) if table is not None else 0, len(columns.devices), 64),
+                             n_fields), -1, dtype=np.int32)
             if table is not None:
                 grown[: len(table)] = table
             table = self._sid_tables[id(decoder)] = grown

@@ -5,6 +5,7 @@ import asyncio
 from contextlib import asynccontextmanager
 
 import pytest
+from gateway.devservices import stop_process
 from tests.ptys import pty_pair
 
 from drivers.dlt645 import identifiers as ids
@@ -361,12 +362,7 @@ def test_simulator_cli_serves_tcp_as_a_subprocess():
 
         run(scenario())
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, 5)
 
 
 def test_missing_socat_fails_with_the_install_command(monkeypatch):

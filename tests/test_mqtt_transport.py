@@ -100,7 +100,7 @@ def test_tls_with_client_certificate_and_password(tls_broker, pki):
 
     async def main():
         sub = MqttSubscriber(settings(tls_broker.port, pki), [("meters/#", 1)],
-                             lambda t, p, ack: (got.append((t, p)), ack()))
+                             lambda ts, ps, ack: (got.extend(zip(ts, ps)), ack()))
         sub.start()
         await wait_until(lambda: sub.connected, 10, "a TLS connection")
         await asyncio.sleep(0.3)  # SUBACK
@@ -127,7 +127,7 @@ def test_connection_problems_are_named_and_never_crash(tls_broker, pki, change, 
     s = dataclasses.replace(settings(tls_broker.port, pki), **change)
 
     async def main():
-        sub = MqttSubscriber(s, [("meters/#", 1)], lambda t, p, ack: ack())
+        sub = MqttSubscriber(s, [("meters/#", 1)], lambda ts, ps, ack: ack())
         with caplog.at_level(logging.ERROR, logger="drivers.mqtt"):
             sub.start()
             await wait_until(lambda: sub.connect_failures >= 1, 10, "the failure to be reported")
@@ -149,7 +149,7 @@ def test_unacknowledged_messages_come_back_after_a_crash(mosquitto):
 
     async def main():
         sub = MqttSubscriber(settings(mosquitto.port, client_id=client_id), [("crash/#", 1)],
-                             lambda t, p, ack: first.append(p))  # never acknowledges: "crashes" before commit
+                             lambda ts, ps, ack: first.extend(ps))  # never acknowledges: "crashes" before commit
         sub.start()
         await wait_until(lambda: sub.connected, 10, "connection")
         await asyncio.sleep(0.3)
@@ -161,7 +161,7 @@ def test_unacknowledged_messages_come_back_after_a_crash(mosquitto):
         await asyncio.sleep(0.5)
         publish(pub, "crash/m1", [b"d"])  # published while the gateway is down: queued by the broker
         again = MqttSubscriber(settings(mosquitto.port, client_id=client_id), [("crash/#", 1)],
-                               lambda t, p, ack: (second.append(p), ack()))
+                               lambda ts, ps, ack: (second.extend(ps), ack()))
         again.start()
         await wait_until(lambda: len(second) >= 4, 15, "redelivery of the unacknowledged messages")
         await asyncio.sleep(0.3)
@@ -182,7 +182,7 @@ def test_reconnects_by_itself_after_the_broker_restarts(tmp_path, caplog):
     async def main():
         nonlocal broker
         sub = MqttSubscriber(settings(port, client_id=f"gw-restart-{time.time_ns()}"), [("r/#", 1)],
-                             lambda t, p, ack: (got.append(p), ack()))
+                             lambda ts, ps, ack: (got.extend(ps), ack()))
         with caplog.at_level(logging.INFO, logger="drivers.mqtt"):
             sub.start()
             await wait_until(lambda: sub.connected, 10, "connection")

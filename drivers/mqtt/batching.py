@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from pipelines.batch import QUALITY_GOOD, ReadingBatch
+from pipelines.growth import grown_capacity
 
 Ack = Callable[[], None]
 Emit = Callable[[ReadingBatch, list[Ack]], None]
@@ -50,7 +51,7 @@ class PendingBatch:
         """
         n = len(sids)
         if n and int(sids.max()) >= len(self._mark):
-            grown = np.zeros(max(int(sids.max()) + 1, 2 * len(self._mark)), dtype=np.int64)
+            grown = np.zeros(grown_capacity(len(self._mark), int(sids.max()) + 1), dtype=np.int64)
             grown[: len(self._mark)] = self._mark
             self._mark = grown
         prev = previous_occurrence(sids)

@@ -11,9 +11,9 @@ QoS 1 messages are acknowledged (PUBACK) only when the runtime says their readin
 the outbox, so a crash in between makes the broker redeliver them. aiomqtt does not expose manual
 acknowledgement, which is why paho is used directly.
 
-Two ways to take messages: ``on_burst`` gets everything that arrived within ``burst_window_s`` as
-lists plus one ack for all of it (what the gateway uses: no Python object per message on its side),
-``on_message`` gets them one by one with an ack each.
+Messages are handed on in bursts: ``on_burst`` gets everything that arrived within
+``burst_window_s`` as lists plus one ack for all of it (no Python object per message on the
+receiving side).
 """
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ from drivers.mqtt.paho_tuned import TunedClient
 
 log = logging.getLogger("drivers.mqtt")
 
-MessageHandler = Callable[[str, bytes, Callable[[], None]], None]
 # topics, payloads, and one ack for the whole burst
 BurstHandler = Callable[[list[str], list[bytes], Callable[[], None]], None]
 
@@ -80,15 +79,12 @@ def _in_thread(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> asynci
 
 
 class MqttSubscriber:
-    def __init__(self, settings: MqttSettings, topics: list[tuple[str, int]],
-                 on_message: MessageHandler | None = None, on_burst: BurstHandler | None = None,
+    def __init__(self, settings: MqttSettings, topics: list[tuple[str, int]], on_burst: BurstHandler,
                  burst_window_s: float = 0.0) -> None:
         """``burst_window_s``: how long the first message of a burst waits for more before it is
         handed on; one call per window instead of one per message."""
-        assert (on_message is None) != (on_burst is None), "exactly one of on_message and on_burst"
         self.settings = settings
         self.topics = topics
-        self.on_message = on_message
         self.on_burst = on_burst
         self.burst_window_s = burst_window_s
         self.connected = False
@@ -295,15 +291,9 @@ class MqttSubscriber:
         self._drain_armed = False
         if not inbox:
             return
-        connection = self._connection
-        if self.on_burst is not None:
-            acks = [(m.mid, m.qos) for m in inbox if m.qos]
-            self.on_burst([m.topic for m in inbox], [m.payload for m in inbox],
-                          partial(self._ack_all, connection, acks))
-            return
-        assert self.on_message is not None
-        for m in inbox:
-            self.on_message(m.topic, m.payload, partial(self._ack_all, connection, [(m.mid, m.qos)] if m.qos else []))
+        acks = [(m.mid, m.qos) for m in inbox if m.qos]
+        self.on_burst([m.topic for m in inbox], [m.payload for m in inbox],
+                      partial(self._ack_all, self._connection, acks))
 
     def _ack_all(self, connection: int, acks: list[tuple[int, int]]) -> None:
         if connection != self._connection:
