@@ -33,6 +33,7 @@ from drivers.mqtt.people_counter import PeopleCounterDecoder
 from drivers.polling import ERROR_KINDS, PolledDevice
 from gateway.config import Dlt645SerialBus, Dlt645TcpBus, GatewayConfig, InfluxDB1Sink, InfluxDB2Sink, ModbusTcpBus, Subscription
 from gateway.analytics import DEFAULT_DETECTORS, AlertEvent, Analytics, AnalyticsSettings, RuleTimes
+from gateway.compiler_pages import release_compiler_pages
 from gateway.logs import BurstLogger, log_event
 from gateway.pipeline import Pipeline
 from gateway.sinks.influxdb import AckGroup, InfluxV1Writer, InfluxV2Writer, OutboxSink, Writer
@@ -510,6 +511,7 @@ class Gateway:
             # compile (or load from numba's cache) every kernel now, never on the first poll
             took = await asyncio.to_thread(warm_up)
             log_event(log, logging.INFO, "core_ready", "", seconds=round(took, 2))
+            release_compiler_pages()  # nothing runs LLVM from here on: its ~100 MiB of code pages go back
         settle_garbage_collector()
         for sink in self.sinks:
             sink.start()  # each sink creates its database itself, so a server that is down delays nothing

@@ -7,6 +7,7 @@ one use.
 from __future__ import annotations
 
 from numba import types
+from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
@@ -30,6 +31,33 @@ def as_float64(typingctx, arr):  # type: ignore[no-untyped-def]
         context.populate_array(dst, data=builder.bitcast(src.data, dst.data.type), shape=src.shape,
                                strides=src.strides, itemsize=src.itemsize, meminfo=src.meminfo,
                                parent=src.parent)
+        return impl_ret_borrowed(context, builder, signature.return_type, dst._getvalue())
+
+    return sig, codegen
+
+
+@intrinsic
+def as_int64_flat(typingctx, arr):  # type: ignore[no-untyped-def]
+    """The bits of a C-contiguous float64 array as a flat 1-D int64 array (same memory).
+
+    Why: _score_kernel compares its parameter table with the copy it keeps in an int64 array bit
+    for bit (a NaN equals the same NaN, 0.0 differs from -0.0), in a single integer comparison.
+    """
+    if not (isinstance(arr, types.Array) and arr.layout == "C" and arr.dtype == types.float64):
+        return None
+    retty = types.Array(types.int64, 1, "C")
+    sig = retty(arr)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        src = context.make_array(signature.args[0])(context, builder, args[0])
+        dst = context.make_array(signature.return_type)(context, builder)
+        n = context.get_constant(types.intp, 1)
+        for extent in cgutils.unpack_tuple(builder, src.shape):
+            n = builder.mul(n, extent)
+        context.populate_array(dst, data=builder.bitcast(src.data, dst.data.type),
+                               shape=cgutils.pack_array(builder, [n]),
+                               strides=cgutils.pack_array(builder, [src.itemsize]), itemsize=src.itemsize,
+                               meminfo=src.meminfo, parent=src.parent)
         return impl_ret_borrowed(context, builder, signature.return_type, dst._getvalue())
 
     return sig, codegen

@@ -52,7 +52,7 @@ from typing import Sequence
 import numba
 import numpy as np
 
-from pipelines._intrinsics import as_float64
+from pipelines._intrinsics import as_float64, as_int64_flat
 from pipelines.growth import grown_capacity
 from pipelines.batch import ReadingBatch
 
@@ -275,14 +275,18 @@ CLIP_AFTER = 8
 # else b`` and friends keep the builtins' order of comparison, so NaN handling is the same.)
 
 
-@numba.njit(cache=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
-def _first_n(a, b):  # pragma: no cover - compiled
+def _first_n(a: float, b: float) -> int:
     # Smallest n in [0, NEVER] with float(n) * a >= b, NEVER if there is none: the exact integer
-    # form of the float comparison (float(n) * a is monotone in n for a > 0).
-    if not a > 0.0 or not NEVER * a >= b:
-        return NEVER
-    lo = np.int64(0)
-    hi = NEVER
+    # form of the float comparison (float(n) * a is monotone in n for a > 0). Plain Python: int *
+    # float rounds the int to the nearest float64 as numba's int64 to float64 conversion does, so
+    # the result is the one a compiled version gives.
+    a = float(a)
+    b = float(b)
+    never = int(NEVER)
+    if not a > 0.0 or not never * a >= b:
+        return never
+    lo = 0
+    hi = never
     while lo < hi:
         mid = (lo + hi) >> 1
         if mid * a >= b:
@@ -290,6 +294,44 @@ def _first_n(a, b):  # pragma: no cover - compiled
         else:
             lo = mid + 1
     return lo
+
+
+def _derive_params(state: "DetectorState", P: np.ndarray) -> None:
+    """Copy the (n_kinds, N_PARAMS) float64 table ``P`` into ``state._g`` with the thresholds
+    derived from it (_score_kernel returns -2 when G's copy differs from P).
+
+    Why in Python and not in _score_kernel: it runs only when the parameters change, and compiled
+    into the kernel (with _first_n) it cost about half a second of the kernel's cold compile.
+    Every operation is an IEEE float64 operation as in compiled code, so G is bitwise the same.
+    """
+    n_kinds = P.shape[0]
+    G = state._g
+    Gf = G.view(np.float64)
+    for k in range(n_kinds):
+        qk = G_Q0 + k * NQ
+        p = [float(v) for v in P[k, :N_PARAMS]]
+        Gf[qk:qk + N_PARAMS] = P[k, :N_PARAMS]
+        G[qk + Q_WARM] = _first_n(1.0, p[P_WARMUP])
+        G[qk + Q_LVL_A] = _first_n(p[P_LEVEL_ALPHA], 1.0)
+        G[qk + Q_SPK_A] = _first_n(p[P_SPIKE_ALPHA], 1.0)
+        G[qk + Q_SEAS_A] = _first_n(p[P_SEAS_ALPHA], 1.0)
+        G[qk + Q_SEAS_MIN] = _first_n(1.0, p[P_SEAS_MIN])
+        G[qk + Q_FLAT_N] = _first_n(1.0, p[P_FLAT_N]) if p[P_FLAT_N] > 0.0 else int(NEVER)
+        # the first whole ns count d with float(d) >= flat_seconds * 1e9 (NEVER: off; a run of
+        # over NEVER ns then leaves the quiet path, which only costs time)
+        fsec = p[P_FLAT_S]
+        G[qk + Q_FLAT_NS] = _first_n(1.0, fsec * 1e9) if fsec > 0.0 else int(NEVER)
+        Gf[qk + Q_ZERO_OK] = 0.0 if p[P_FLAT_IGNORE_ZERO] != 0.0 else np.nan
+        Gf[qk + Q_NEG_TOL] = -p[P_CTR_NEG_TOL]
+        cmax = p[P_CTR_MAX]
+        cmax = cmax if cmax < _MAX_FLOAT else float(_MAX_FLOAT)
+        Gf[qk + Q_CTR_LIM] = cmax if cmax == cmax else -np.inf
+        clip = p[P_CLIP]
+        for t, z in ((Q_LVL_T, P_LEVEL_Z_LO), (Q_SPK_T, P_SPIKE_Z_LO), (Q_SEAS_T, P_SEAS_Z_LO)):
+            zl = p[z]
+            zl = zl if zl < clip else clip
+            Gf[qk + t] = zl if zl == zl else -np.inf  # (NaN: nothing is quiet)
+    G[G_NKINDS] = n_kinds
 
 
 @numba.njit(cache=True, error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
@@ -527,8 +569,9 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, G, R, S, s_lo, s_hi
     # series ids: no pass to partition the readings, no indirection, and with readings arriving
     # roughly by id within a poll (as devices answer) each thread writes its own stretches of the
     # outputs, so two threads seldom share a cache line.
-    # P: the (n_kinds, N_PARAMS) parameter table, copied into G (with thresholds derived from it)
-    # when it differs from G's copy. G: geometry, parameters, thresholds. R: the state rows (int64,
+    # P: the (n_kinds, N_PARAMS) parameter table; G: geometry, and P's copy with thresholds
+    # derived from it (the wrapper writes them, _derive_params, when the kernel finds that G's
+    # copy differs from P). R: the state rows (int64,
     # read as float64 through F); S: the seasonal table; both flat, so row offsets are multiples of
     # constants and the range checks let LLVM drop numba's negative-index handling.
     # quiet_from: the quiet path below takes series with at least this many values (2; NEVER
@@ -536,7 +579,8 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, G, R, S, s_lo, s_hi
     # Returns -1 when done; -4 - p when a series id of the readings from p on is negative or
     # beyond the state or the per-series arrays, having scored everything before p and nothing
     # from p on (the wrapper grows the state or raises, then goes on from p); -3, before touching
-    # anything, when G is too small for the kinds; or the index of a reading whose kind is out
+    # anything, when G is too small for the kinds; -2, before touching anything, when G's copy
+    # of the parameters is not P; or the index of a reading whose kind is out
     # of range.
     #
     # Most readings change no score: their series is past its first values, nothing fires and
@@ -562,43 +606,15 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, G, R, S, s_lo, s_hi
     s_span = np.uint64(s_hi - s_lo)  # s is ours when the unsigned s - s_lo is below this
     if quiet_from < 2:  # the quiet path needs a previous value
         quiet_from = 2
-    same = n_kinds == G[G_NKINDS]
+    # new parameters (G's copy differs from P bit for bit): the wrapper derives G and calls again
+    if n_kinds != G[G_NKINDS]:
+        return -2
+    Pb = as_int64_flat(P)
+    n_cols = P.shape[1]
     for k in range(n_kinds):
-        for j in range(N_PARAMS):  # equal, and zeros of the same sign (NaN never is: rederived)
-            a = Gf[G_Q0 + k * NQ + j]
-            b = P[k, j]
-            same &= (a == b) & ((a != 0.0) | (1.0 / a == 1.0 / b))
-    if not same:  # new parameters: copy them and derive the thresholds, once
-        for k in range(n_kinds):
-            qk = G_Q0 + k * NQ
-            for j in range(N_PARAMS):
-                Gf[qk + j] = P[k, j]
-            G[qk + Q_WARM] = _first_n(1.0, P[k, P_WARMUP])
-            G[qk + Q_LVL_A] = _first_n(P[k, P_LEVEL_ALPHA], 1.0)
-            G[qk + Q_SPK_A] = _first_n(P[k, P_SPIKE_ALPHA], 1.0)
-            G[qk + Q_SEAS_A] = _first_n(P[k, P_SEAS_ALPHA], 1.0)
-            G[qk + Q_SEAS_MIN] = _first_n(1.0, P[k, P_SEAS_MIN])
-            G[qk + Q_FLAT_N] = _first_n(1.0, P[k, P_FLAT_N]) if P[k, P_FLAT_N] > 0.0 else NEVER
-            # the first whole ns count d with float(d) >= flat_seconds * 1e9 (NEVER: off; a run
-            # of over NEVER ns then leaves the quiet path, which only costs time)
-            fsec = P[k, P_FLAT_S]
-            G[qk + Q_FLAT_NS] = _first_n(1.0, fsec * 1e9) if fsec > 0.0 else NEVER
-            Gf[qk + Q_ZERO_OK] = 0.0 if P[k, P_FLAT_IGNORE_ZERO] != 0.0 else np.nan
-            Gf[qk + Q_NEG_TOL] = -P[k, P_CTR_NEG_TOL]
-            cmax = P[k, P_CTR_MAX]
-            cmax = cmax if cmax < _MAX_FLOAT else _MAX_FLOAT
-            Gf[qk + Q_CTR_LIM] = cmax if cmax == cmax else -np.inf
-            clip = P[k, P_CLIP]
-            zl = P[k, P_LEVEL_Z_LO]
-            zl = zl if zl < clip else clip
-            Gf[qk + Q_LVL_T] = zl if zl == zl else -np.inf  # (NaN: nothing is quiet)
-            zl = P[k, P_SPIKE_Z_LO]
-            zl = zl if zl < clip else clip
-            Gf[qk + Q_SPK_T] = zl if zl == zl else -np.inf
-            zl = P[k, P_SEAS_Z_LO]
-            zl = zl if zl < clip else clip
-            Gf[qk + Q_SEAS_T] = zl if zl == zl else -np.inf
-        G[G_NKINDS] = n_kinds
+        for j in range(N_PARAMS):  # (an early return: cheaper to compile than a vectorised test)
+            if G[G_Q0 + k * NQ + j] != Pb[k * n_cols + j]:
+                return -2
     off_ns = G[G_OFF]
     slot_ns = G[G_SLOT]
     spd = G[G_SPD]
@@ -627,7 +643,7 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, G, R, S, s_lo, s_hi
             if b1 > c1:
                 b1 = c1
             elif not all_ours:
-                ours = 0
+                ours = np.int64(0)  # (not a literal 0: its type is settled at once)
                 for j in range(b0, b1):
                     ours += np.uint64(series[np.uint64(j)] - s_lo) < s_span
                 if ours == 0:
@@ -701,6 +717,12 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, G, R, S, s_lo, s_hi
                 quiet &= q & (abs(v - last_v) * 1e9 <= Gf[qk + P_MAX_RATE] * dt)
                 seasonal = Gf[qk + P_SEASONAL] != 0.0
                 sb = np.int64(0)
+                # (defined on every path: a variable set only under `if seasonal` would carry its
+                # value around the loop, and numba's type inference then needs three more passes
+                # over the whole kernel, a tenth of a second, to settle its type)
+                su = np.uint64(0)
+                cnt = np.float32(0.0)
+                ms = ds = 0.0
                 if seasonal:
                     if t < c_lo or t >= c_hi:
                         c_lo, c_hi, c_row = _slot(t, off_ns, slot_ns, spd, cap)
@@ -865,9 +887,12 @@ def _score(batch: ReadingBatch, state: DetectorState, params_table: np.ndarray |
             raise ValueError(f"series {sid} has kind {int(args[3][sid])}, table has {len(args[5])} kinds")
         if bad == -1 and min(codes) == -1:
             return score, reason
-        # grow the state for new series or kinds (or raise), then go on where each range stopped
-        _grow(state, args)
-        starts = [n if c == -1 else 0 if c == -3 else -4 - c for c in codes]
+        if -2 in codes:  # new parameters (all ranges stopped before touching anything)
+            _derive_params(state, args[5])
+        else:  # grow the state for new series or kinds (or raise)
+            _grow(state, args)
+        # then go on where each range stopped
+        starts = [n if c == -1 else st if c in (-2, -3) else -4 - c for c, st in zip(codes, starts)]
         codes = _run(args, state, ranges, parts, starts, quiet_from, score, reason)
 
 
@@ -879,10 +904,6 @@ def _run(args: list, state: DetectorState, ranges: list[tuple[int, int]], thread
     if len(ranges) == 1:
         s_lo, s_hi = ranges[0]
         return [_score_kernel(*common, s_lo, s_hi, quiet_from, starts[0], n, score, reason)]
-    # derive the thresholds before the threads start (no readings), so that no thread writes G
-    code = _score_kernel(*common, 0, 0, quiet_from, 0, 0, score, reason)
-    if code != -1:
-        return [code] * len(ranges)
     pool = _pool(threads)
     futs = [pool.submit(_score_kernel, *common, s_lo, s_hi, quiet_from, start, n, score, reason) if start < n
             else None for (s_lo, s_hi), start in zip(ranges, starts)]

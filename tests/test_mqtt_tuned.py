@@ -11,16 +11,21 @@ import paho.mqtt.client as paho
 import pytest
 
 from drivers.mqtt.client import MqttSettings, MqttSubscriber
-from drivers.mqtt.paho_tuned import TunedClient
+from paho.mqtt import _packet as paho_packet
+
+from drivers.mqtt.paho_tuned import InboundMessage, TunedClient
 from tests.test_mqtt_transport import wait_until
 
 
 def test_the_overrides_still_meet_paho():
     # a paho release that renames these would silently bypass the tuning: say so here instead
-    for name in ("_sock_recv", "_handle_on_message"):
+    for name in ("_sock_recv", "_handle_on_message", "_handle_publish"):
         assert hasattr(paho.Client, name)
         assert getattr(TunedClient, name) is not getattr(paho.Client, name)
     assert hasattr(paho.Client, "_packet_queue")
+    assert callable(paho_packet.decode_publish)
+    assert set(paho.MQTTMessage.__slots__) >= {"_topic", "dup", "info", "mid", "payload", "properties", "qos",
+                                                "retain", "state", "timestamp"}
     with pytest.raises(NotImplementedError):
         TunedClient(paho.CallbackAPIVersion.VERSION2).message_callback_add("a/#", lambda *a: None)
 
@@ -103,3 +108,52 @@ def test_ack_many_queues_the_pubacks_paho_would_send():
     many.ack_many([1, 300, 65535])
     assert b"".join(p["packet"] for p in one._out_packet) == b"".join(p["packet"] for p in many._out_packet)
     one._sock = many._sock = None  # nothing to close
+
+
+def _publish_packet(topic: bytes, payload: bytes, qos: int, mid: int, retain: bool, dup: bool,
+                    v5: bool) -> tuple[int, bytes]:
+    command = 0x30 | (0x08 if dup else 0) | (qos << 1) | (1 if retain else 0)
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    return command, body + (b"\x00" if v5 else b"") + payload  # MQTT 5: an empty property block
+
+
+@pytest.mark.parametrize("qos", [0, 1, 2])
+@pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5])
+@pytest.mark.parametrize("manual_ack", [True, False])
+def test_a_received_publish_is_what_paho_itself_hands_on(qos, protocol, manual_ack):
+    """Same packet into paho's Client and into TunedClient: the same message fields, the same
+    packets queued in reply (PUBACK/PUBREC or none), the same result code."""
+    seen: dict[str, list] = {"stock": [], "tuned": []}
+    replies = {}
+    codes = {}
+    for name, cls in (("stock", paho.Client), ("tuned", TunedClient)):
+        c = cls(paho.CallbackAPIVersion.VERSION2, protocol=protocol, manual_ack=manual_ack)
+        c._sock = object()  # replies are queued, not written
+        c.on_socket_register_write = lambda *a: None
+        c.on_message = lambda client, userdata, m, name=name: seen[name].append(m)
+        command, packet = _publish_packet(b"site/m\xc3\xa9ter/1", b'{"kwh": 12.5}', qos, 513, True, qos > 0,
+                                          protocol == paho.MQTTv5)
+        c._in_packet = {"command": command, "packet": packet}
+        codes[name] = c._handle_publish()
+        if qos == 2:  # delivered on PUBREL
+            c._in_packet = {"command": 0x62, "packet": (513).to_bytes(2, "big") + (b"\x00" if protocol == paho.MQTTv5 else b"")}
+            c._handle_pubrel()
+        replies[name] = [p["packet"] for p in c._out_packet]
+        c._sock = None
+    assert codes["stock"] == codes["tuned"]
+    assert replies["stock"] == replies["tuned"]
+    (a,), (b,) = seen["stock"], seen["tuned"]
+    for field in ("topic", "payload", "mid", "qos", "retain", "dup"):
+        assert getattr(a, field) == getattr(b, field), field
+    assert str(a.properties) == str(b.properties)  # Properties compare by identity
+    assert b.topic == "site/m\u00e9ter/1" and b.payload == b'{"kwh": 12.5}' and b.retain
+    assert b.mid == b.info.mid == (513 if qos else 0)
+    assert isinstance(b, InboundMessage) == (qos < 2 and protocol != paho.MQTTv5)
+
+
+def test_a_malformed_publish_fails_as_in_paho():
+    for cls in (paho.Client, TunedClient):
+        c = cls(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+        c._in_packet = {"command": 0x32, "packet": b"\x00"}  # topic length cut short
+        with pytest.raises(paho_packet.MalformedPacket):
+            c._handle_publish()
