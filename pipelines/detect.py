@@ -270,6 +270,9 @@ _INV = np.array([np.inf] + [1.0 / i for i in range(1, WIDEN_UNTIL + 1)], dtype=n
 # clip against that would reject every normal value that follows.
 CLIP_AFTER = 8
 
+# (The helpers below are compiled only into _score_kernel, whose cache entry holds their code: they
+# have no cache of their own, which would only cost writes while the kernel compiles.)
+
 # (The kernels spell out min and max as conditional expressions: numba compiles its builtin min and
 # max as separate functions per argument types, a tenth of a second each at start-up. ``a if a >= b
 # else b`` and friends keep the builtins' order of comparison, so NaN handling is the same.)
@@ -334,7 +337,7 @@ def _derive_params(state: "DetectorState", P: np.ndarray) -> None:
     G[G_NKINDS] = n_kinds
 
 
-@numba.njit(cache=True, error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@numba.njit(error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _weights_scale(m, dev, n, alpha, n_alpha, floor_abs, floor_rel):  # pragma: no cover - compiled
     # EWMA weights of the mean and of the deviation, and the widened scale, for n >= 2 values so
     # far. While n * alpha < 1 (n < n_alpha) the values are averaged with weight 1/n instead.
@@ -356,7 +359,7 @@ def _weights_scale(m, dev, n, alpha, n_alpha, floor_abs, floor_rel):  # pragma: 
     return a, a_dev, scale
 
 
-@numba.njit(cache=True, error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@numba.njit(error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _robust_ewma(v, m, dev, n, outl, alpha, n_alpha, clip, floor_abs, floor_rel, z_lo, z_hi):  # pragma: no cover
     """One robust EWMA step of mean ``m`` and absolute deviation ``dev`` (``n`` values so far).
 
@@ -396,7 +399,7 @@ def _robust_ewma(v, m, dev, n, outl, alpha, n_alpha, clip, floor_abs, floor_rel,
     return m - a * lim, dev, outl, score
 
 
-@numba.njit(cache=True, error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@numba.njit(error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _quiet_ewma(v, m, dev, n, alpha, n_alpha, floor_abs, floor_rel, lim):  # pragma: no cover
     # _robust_ewma for a value within ``lim`` = min(z_lo, clip) scale units: it scores nothing and
     # is not clipped, whether or not the detector is scored yet or clips yet (a value beyond is
@@ -416,7 +419,7 @@ def _quiet_ewma(v, m, dev, n, alpha, n_alpha, floor_abs, floor_rel, lim):  # pra
     return m + a * r, dev + a_dev * (ar - dev), ar <= lim * scale
 
 
-@numba.njit(cache=True, error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@numba.njit(error_model="numpy", forceinline=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _slot(t, off_ns, slot_ns, spd, cap):  # pragma: no cover - compiled
     # Seasonal slot of time t: its start and end (UTC ns) and its first entry in the flat S.
     local = t + off_ns
@@ -427,7 +430,7 @@ def _slot(t, off_ns, slot_ns, spd, cap):  # pragma: no cover - compiled
     return lo, lo + slot_ns, (weekend * spd + sl) * cap
 
 
-@numba.njit(cache=True, error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
+@numba.njit(error_model="numpy", no_cpython_wrapper=True, no_cfunc_wrapper=True)
 def _score_one(G, Gf, F, R, S, s, t, x, k, counter, sb):  # pragma: no cover - compiled
     # Every case of every detector for one finite reading x at time t of series s (kind k, a
     # counter or not; sb: its entry in the seasonal table when the kind has one). Updates the
@@ -561,7 +564,7 @@ def _score_one(G, Gf, F, R, S, s, t, x, k, counter, sb):  # pragma: no cover - c
     return best, reason
 
 
-@numba.njit(cache=True, error_model="numpy", nogil=True)
+@numba.njit(cache=True, error_model="numpy", nogil=True, no_cfunc_wrapper=True)  # (called from Python only)
 def _score_kernel(series, ts, value, kind_of, is_counter, P, G, R, S, s_lo, s_hi, quiet_from, lo, hi,
                   out_score, out_reason):  # pragma: no cover - compiled
     # Scores the readings lo..hi-1 whose series id is in s_lo..s_hi-1, results to the same index;
@@ -930,7 +933,7 @@ PARALLEL_MIN_PER_THREAD = 50_000  # below this a thread costs more to wake than 
 # ------------------------------------------------------------------ alerts with hysteresis
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, no_cfunc_wrapper=True)  # (no C callback wrapper: called from Python only)
 def _alert_kernel(series, score, reason, active, raise_at, clear_at, out_change):  # pragma: no cover
     for idx in range(series.shape[0]):
         s = series[idx]
@@ -987,7 +990,7 @@ def update_alerts(
 # ------------------------------------------------------------------ plain EWMA z-score
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, no_cfunc_wrapper=True)  # (called from Python only)
 def _ewma_z_kernel(series, value, alpha, state, out):  # pragma: no cover - compiled
     for idx in range(series.shape[0]):
         s = series[idx]

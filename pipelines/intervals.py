@@ -169,7 +169,7 @@ class IntervalState:
         return None if mx == _EMPTY else mx - self.lateness_ns
 
 
-@numba.njit(cache=True, error_model="numpy", nogil=True)
+@numba.njit(cache=True, error_model="numpy", nogil=True, no_cfunc_wrapper=True)  # (called from Python only)
 def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late_ns, hint_ts, first, last, mode,
                      ring, G, pend, ready, oi, of, ui, uf, n_out, n_un):  # pragma: no cover
     # Spreads readings first..last-1 over the rings, then (mode EMIT_CLOSED or EMIT_FLUSH) emits:
@@ -325,7 +325,7 @@ def _interval_kernel(series_meter, series, t1s, t0s, deltas, qs, evs, I_ns, late
     if max_ts != _EMPTY and (flush or wm_idx > G[G_SCANNED]):
         n_scan += n_pend
         G[G_SCANNED] = wm_idx
-    keep = 0
+    keep = np.int64(0)  # (not a literal 0: its type is settled at once, one pass of type inference less)
     for e in range(n_scan):
         want = ST_READY
         if e < n_ready:

@@ -103,7 +103,7 @@ class Rollup:
     community: GroupRollup
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, error_model="numpy", no_cfunc_wrapper=True)  # (called from Python only)
 def _rollup_kernel(meter, start, energy, coverage, meter_group, meter_pv, n_groups, p0, n_t, I_ns,
                    seen, load, pv, n_full):  # pragma: no cover - compiled
     # Walk the rows backwards so the last emission of an interval is the one that counts.

@@ -167,7 +167,7 @@ class VeeResult:
     event: np.ndarray  # uint16, EV_* bits
 
 
-@numba.njit(cache=True, error_model="numpy", nogil=True)
+@numba.njit(cache=True, error_model="numpy", nogil=True, no_cfunc_wrapper=True)  # (called from Python only)
 def _vee_kernel(series, ts, value, quality, kind_of, is_counter, P, R,
                 out_delta, out_prev, out_q, out_ev):  # pragma: no cover - compiled
     # Returns -1; -2 before touching anything when a series id is negative or beyond the state or
