@@ -124,6 +124,9 @@ class Analytics:
         self.pv_devices = set(pv_devices)
         self.det_table = pack_params([settings.detectors[k] for k in ("gauge", "energy_counter", "count")])
         self.vee_table = pack_vee_params([settings.vee])
+        # detector and score-alert state have a row per scored series, not per series id: a scored
+        # series registers two of its own (score, reason), and devices their health series, so rows
+        # by id would be mostly unused (the seasonal table alone is 3 KiB per row)
         self.det = DetectorState(64)
         self.vee = VeeState(64)
         self.score_alerts = AlertState(64, settings.alert_raise, settings.alert_clear)
@@ -141,6 +144,10 @@ class Analytics:
         self.prev_ts = np.zeros(cap, dtype=np.int64)
         self.score_sid = np.full(cap, -1, dtype=np.int32)
         self.reason_sid = np.full(cap, -1, dtype=np.int32)
+        self.det_row = np.full(cap, -1, dtype=np.int32)  # series id -> its detector row (scored series)
+        self.det_kind = np.zeros(cap, dtype=np.int32)  # by detector row
+        self.det_is_counter = np.zeros(cap, dtype=bool)  # by detector row
+        self.n_scored = 0
         self.alert_tags: dict[int, tuple[str, str, str]] = {}  # scored series -> (device, building, rule)
         self.meter_device: list[str] = []
         self.meter_building: list[int] = []
@@ -170,7 +177,8 @@ class Analytics:
             return
         new = grown_capacity(cap, n)
         for name, fill in (("kind", KIND_NONE), ("vee_kind", 0), ("is_counter", False), ("meter", -1), ("last_value", np.nan),
-                           ("last_ts", 0), ("prev_ts", 0), ("score_sid", -1), ("reason_sid", -1)):
+                           ("last_ts", 0), ("prev_ts", 0), ("score_sid", -1), ("reason_sid", -1), ("det_row", -1),
+                           ("det_kind", 0), ("det_is_counter", False)):
             old = getattr(self, name)
             arr = np.full(new, fill, dtype=old.dtype)
             arr[:cap] = old
@@ -206,6 +214,11 @@ class Analytics:
             else:
                 self.kind[sid] = KIND_GAUGE
             self.is_counter[sid] = f.kind == "counter"
+            row = self.n_scored
+            self.n_scored += 1
+            self.det_row[sid] = row
+            self.det_kind[row] = self.kind[sid]
+            self.det_is_counter[row] = self.is_counter[sid]
             atags = {"site": self.s.site, "building": tags.get("building"), "device": tags.get("device"),
                      "source": key.measurement, "field": key.field}
             self.score_sid[sid] = self.registry.register("anomaly", atags, "score")
@@ -269,7 +282,9 @@ class Analytics:
         scored = self.kind[sids] >= 0
         if scored.any():
             sb = batch.take(scored) if not scored.all() else batch
-            score, reason = score_batch(sb, self.det, self.det_table, self.kind, self.is_counter)
+            rows = self.det_row[sb.series]
+            score, reason = score_batch(ReadingBatch(rows, sb.ts_ns, sb.value, sb.quality), self.det, self.det_table,
+                                        self.det_kind, self.det_is_counter)
             self.counters["scored"] += len(sb)
             if self.s.write_scores:
                 hit = score > 0
@@ -280,7 +295,7 @@ class Analytics:
                         np.concatenate([self.score_sid[s_ids], self.reason_sid[s_ids]]), np.concatenate([ts, ts]),
                         np.concatenate([score[hit].astype(np.float64), reason[hit].astype(np.float64)])))
                     self.counters["anomaly_points"] += int(hit.sum())
-            changes = update_alerts(sb.series, score, reason, self.score_alerts)
+            changes = update_alerts(rows, score, reason, self.score_alerts)
             for i in np.flatnonzero(changes):
                 device, building, rule = self.alert_tags[int(sb.series[i])]
                 if changes[i] > 0 and reason[i] == REASON_FLATLINE and rule == f"anomaly_{ENERGY_FIELD}":
