@@ -574,17 +574,16 @@ def _score_kernel(series, ts, value, kind_of, is_counter, P, G, R, S, s_lo, s_hi
     # outputs, so two threads seldom share a cache line.
     # P: the (n_kinds, N_PARAMS) parameter table; G: geometry, and P's copy with thresholds
     # derived from it (the wrapper writes them, _derive_params, when the kernel finds that G's
-    # copy differs from P). R: the state rows (int64,
-    # read as float64 through F); S: the seasonal table; both flat, so row offsets are multiples of
-    # constants and the range checks let LLVM drop numba's negative-index handling.
+    # copy differs from P). R: the state rows (int64, read as float64 through F); S: the seasonal
+    # table; both flat, so row offsets are multiples of constants and the range checks let LLVM
+    # drop numba's negative-index handling.
     # quiet_from: the quiet path below takes series with at least this many values (2; NEVER
     # sends every reading to _score_one, which the tests compare with).
     # Returns -1 when done; -4 - p when a series id of the readings from p on is negative or
     # beyond the state or the per-series arrays, having scored everything before p and nothing
     # from p on (the wrapper grows the state or raises, then goes on from p); -3, before touching
     # anything, when G is too small for the kinds; -2, before touching anything, when G's copy
-    # of the parameters is not P; or the index of a reading whose kind is out
-    # of range.
+    # of the parameters is not P; or the index of a reading whose kind is out of range.
     #
     # Most readings change no score: their series is past its first values, nothing fires and
     # nothing is clipped. This loop computes exactly that case, straight through, keeping the new
