@@ -10,16 +10,13 @@ import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from paho.mqtt.client import topic_matches_sub
 
 from drivers.base import Ack, DeviceHealth
 from drivers.clock import Clock, SimClock
-from drivers.dlt645.client import Dlt645Client, SerialTransport
-from drivers.dlt645.poller import DEFAULT_FIELDS, Dlt645DevicePoller, line_client
-from drivers.modbus.poller import BusSettings, HostLimits, ModbusBus, ModbusDevicePoller
 from drivers.modbus.profile import DeviceProfile, load_profiles
 from drivers.mqtt.chirpstack import decode_parking_uplink
 from drivers.mqtt.client import MqttSettings, MqttSubscriber
@@ -45,6 +42,10 @@ from pipelines.rollup import EmissionFactor
 from pipelines.series import SeriesRegistry
 from pipelines.validate import VeeParams
 from pipelines.warmup import warm_up
+
+if TYPE_CHECKING:
+    from drivers.dlt645.client import Dlt645Client
+    from drivers.modbus.poller import HostLimits, ModbusBus
 
 log = logging.getLogger("gateway")
 
@@ -114,7 +115,7 @@ class Gateway:
         self.decode_drops: Counter[tuple[str, str]] = Counter()
         self._burst = BurstLogger(log)
         self.sinks = [self._make_sink(s) for s in cfg.sinks]
-        self.host_limits = HostLimits(cfg.gateway.modbus_tcp_per_host)
+        self.host_limits: HostLimits | None = None  # shared by the Modbus TCP buses, made with the first one
         self.buses: dict[str, ModbusBus | Dlt645Client] = {b.name: self._make_bus(b) for b in cfg.buses}
         self.pollers: list[PolledDevice] = [self._make_poller(d) for d in cfg.devices]
         self.mqtt: MqttSubscriber | None = None
@@ -165,8 +166,15 @@ class Gateway:
                           create_database=isinstance(s, InfluxDB1Sink) and s.create_database,
                           ack_max_wait_s=s.ack_max_wait_s)
 
+    # The Modbus and DL/T 645 drivers (pymodbus among them, ~7 MiB once imported) are imported when a
+    # configuration has such a bus, not by every gateway: many read MQTT only.
     def _make_bus(self, b) -> ModbusBus | Dlt645Client:
+        from drivers.dlt645.poller import line_client
+        from drivers.modbus.poller import BusSettings, HostLimits, ModbusBus
+
         if isinstance(b, ModbusTcpBus):
+            if self.host_limits is None:
+                self.host_limits = HostLimits(self.cfg.gateway.modbus_tcp_per_host)
             return ModbusBus(BusSettings(b.name, "tcp", host=b.host, port=b.port, timeout_s=b.timeout_s,
                                          max_parallel=b.max_parallel), self.host_limits)
         if isinstance(b, Dlt645SerialBus):
@@ -178,6 +186,10 @@ class Gateway:
                                      stopbits=b.stopbits, timeout_s=b.timeout_s))
 
     def _make_poller(self, d) -> PolledDevice:
+        from drivers.dlt645.client import Dlt645Client, SerialTransport
+        from drivers.dlt645.poller import DEFAULT_FIELDS, Dlt645DevicePoller
+        from drivers.modbus.poller import ModbusDevicePoller
+
         bus = self.buses[d.bus]
         if isinstance(bus, Dlt645Client):
             fields = tuple(d.fields or DEFAULT_FIELDS)
@@ -551,10 +563,9 @@ class Gateway:
             await asyncio.sleep(0.2)  # let paho's thread send the PUBACKs before disconnecting
             self.mqtt.stop()
         for bus in self.buses.values():
-            if isinstance(bus, Dlt645Client):
-                await bus.close()
-            else:
-                bus.close()
+            closing = bus.close()  # a coroutine for DL/T 645 lines
+            if asyncio.iscoroutine(closing):
+                await closing
         await asyncio.gather(*(sink.close(drain_timeout_s=3.0) for sink in self.sinks))
         delivered = sum(s.counters.points_delivered for s in self.sinks)
         log_event(log, logging.INFO, "stopped", "", readings_total=self.readings_in, delivered=delivered)
