@@ -30,8 +30,8 @@ from drivers.mqtt.people_counter import PeopleCounterDecoder
 from drivers.polling import ERROR_KINDS, PolledDevice
 from gateway.config import Dlt645SerialBus, Dlt645TcpBus, GatewayConfig, InfluxDB1Sink, InfluxDB2Sink, ModbusTcpBus, Subscription
 from gateway.analytics import DEFAULT_DETECTORS, AlertEvent, Analytics, AnalyticsSettings, RuleTimes
-from gateway.compiler_pages import release_compiler_pages
 from gateway.logs import BurstLogger, log_event
+from gateway.memory import release_compiler_pages, return_large_buffers
 from gateway.pipeline import Pipeline
 from gateway.sinks.influxdb import AckGroup, InfluxV1Writer, InfluxV2Writer, OutboxSink, Writer
 from gateway.sinks.line_protocol import LineProtocolEncoder
@@ -519,6 +519,7 @@ class Gateway:
                           query=sink.writer.describe().replace("/write?", "/query?"))
 
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> None:
+        return_large_buffers()
         if self.analytics is not None:
             # compile (or load from numba's cache) every kernel now, never on the first poll
             took = await asyncio.to_thread(warm_up)

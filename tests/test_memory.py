@@ -1,4 +1,5 @@
-"""Handing LLVM's code pages back after the warm-up: the pages go, and numba still works after."""
+"""Keeping resident memory small: LLVM's code pages handed back after the warm-up (the pages go, and
+numba still works after), and large freed buffers returned to the kernel."""
 from __future__ import annotations
 
 import subprocess
@@ -6,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from gateway.compiler_pages import _mappings, release_compiler_pages, resident_kib
+from gateway.memory import _mappings, release_compiler_pages, resident_kib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,7 @@ def test_pages_of_a_file_only_this_process_maps_are_reclaimed(tmp_path: Path) ->
     blob.write_bytes(bytes(range(256)) * (16 << 12))
     out = _run(f"""
         import mmap
-        from gateway.compiler_pages import release_compiler_pages, resident_kib
+        from gateway.memory import release_compiler_pages, resident_kib
         f = open({str(blob)!r}, "rb")
         m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
         total = sum(m[i] for i in range(0, len(m), 4096))
@@ -54,7 +55,7 @@ def test_pages_of_a_file_only_this_process_maps_are_reclaimed(tmp_path: Path) ->
 def test_numba_compiles_and_runs_after_the_release() -> None:
     out = _run("""
         import numba, numpy as np
-        from gateway.compiler_pages import release_compiler_pages
+        from gateway.memory import release_compiler_pages
         from pipelines.warmup import warm_up
         warm_up()
         release_compiler_pages()
@@ -69,3 +70,31 @@ def test_numba_compiles_and_runs_after_the_release() -> None:
 def test_nothing_to_release_when_the_library_is_not_loaded() -> None:
     assert release_compiler_pages("libnot-loaded-anywhere.so") == 0
     assert resident_kib("libnot-loaded-anywhere.so") == 0
+
+
+FREED_BUFFER = """
+import ctypes, sys
+from gateway.memory import return_large_buffers
+if sys.argv[1] == "fixed":
+    assert return_large_buffers()
+def anon_kib():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("RssAnon"))
+big = bytearray(8 << 20)
+del big  # glibc (dynamic threshold) now serves blocks up to 8 MiB from the heap
+before = anon_kib()
+buf = bytearray(4 << 20)  # written through: resident
+after_small = [bytearray(64) for _ in range(100)]  # the heap's top is not the buffer any more
+del buf
+print(anon_kib() - before)
+"""
+
+
+def test_a_freed_large_buffer_goes_back_to_the_kernel() -> None:
+    def kept_kib(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", FREED_BUFFER, mode], cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return int(done.stdout)
+
+    assert kept_kib("fixed") < 1024
+    assert kept_kib("default") > 3 * 1024  # glibc's default keeps it: the test measures what it should
