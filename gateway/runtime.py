@@ -53,6 +53,7 @@ MQTT_BATCH_WINDOW_S = 0.02  # MQTT readings wait at most this long to share a ba
 MQTT_BATCH_MAX_POINTS = 20_000  # a pending MQTT batch goes down the pipeline at this size at the latest
 MQTT_DECODE_MAX_MESSAGES = 10_000  # undecoded messages are decoded at this count at the latest
 GC_YOUNG_THRESHOLD = 50_000  # allocations between young collections (Python's default: 700)
+GC_FULL_EVERY_S = 2.0  # a full collection of what is not frozen, this often
 MQTT_SILENT_AFTER_S = 15 * 60  # an MQTT device counts as online while it sent a good message this recently
 
 
@@ -70,6 +71,19 @@ def settle_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
+async def collect_garbage_loop(every_s: float = GC_FULL_EVERY_S) -> None:
+    """Full collections on a clock, not on allocation counts.
+
+    With the young threshold raised, a full collection comes only after millions of allocations, and
+    the reference cycles made meanwhile (urllib3 makes a few per HTTP response) sit in memory until
+    then: measured +7 MiB a minute at 20,000 messages/s, garbage that one gc.collect() freed. With the
+    startup heap frozen, a full collection walks only the objects made since, a few milliseconds.
+    """
+    while True:
+        await asyncio.sleep(every_s)
+        gc.collect()
 
 
 def _call_all(acks: list[Ack]) -> None:
@@ -530,6 +544,7 @@ class Gateway:
             sink.start()  # each sink creates its database itself, so a server that is down delays nothing
         tasks = [asyncio.create_task(p.run(), name=f"poll-{p.device_id}") for p in self.pollers]
         tasks.append(asyncio.create_task(self._status_loop(self.cfg.gateway.status_interval_s), name="status"))
+        tasks.append(asyncio.create_task(collect_garbage_loop(), name="gc"))
         if self.analytics is not None:
             tasks.append(asyncio.create_task(self._rules_loop(), name="rules"))
         if self.mqtt is not None:

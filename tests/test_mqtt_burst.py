@@ -243,6 +243,36 @@ def test_the_startup_heap_is_kept_out_of_the_collector():
         gc.set_threshold(*before)
 
 
+def test_reference_cycles_are_collected_on_a_clock():
+    import asyncio
+    import gc
+    import weakref
+
+    from gateway.runtime import collect_garbage_loop
+
+    class Node:
+        pass
+
+    before = gc.get_threshold()
+    gc.set_threshold(10**9)  # no collection by allocation count at all
+    try:
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: reference counting never frees it
+        gone = weakref.ref(a)
+        del a, b
+        assert gone() is not None  # reference counting alone never frees a cycle
+
+        async def main():
+            task = asyncio.create_task(collect_garbage_loop(0.01))
+            await asyncio.sleep(0.1)
+            task.cancel()
+
+        asyncio.run(main())
+        assert gone() is None
+    finally:
+        gc.set_threshold(*before)
+
+
 MIXED = CONFIG + """
 [[subscriptions]]
 topic = "cameras/+"
