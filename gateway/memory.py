@@ -13,7 +13,9 @@ with 1 GB that is a tenth of the memory held for nothing.
 ``madvise(MADV_PAGEOUT)`` asks the kernel to reclaim those pages now (Linux 5.4+). They are clean
 pages of a file, so reclaiming them loses nothing: should anything compile later (a kernel met with
 new argument types), the pages it needs are read back from the file on demand. Writable mappings
-(relocated data) are left alone.
+(relocated data) are left alone. The price: the kernel drops them from its page cache too, so the
+next start of the gateway reads them from disk again (on an SD card, a few seconds more), which a
+process that runs for weeks pays once.
 
 **Large transient buffers go back to the kernel when freed.** glibc serves allocations above a
 threshold with their own mapping and returns it on free, but raises that threshold (up to 32 MiB)
