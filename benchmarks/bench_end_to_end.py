@@ -208,7 +208,9 @@ batch_max_age_s = 0.2
 
 
 def run_step(pub: Publisher, rate: int, seconds: float, devices: int, influx_url: str, db: str,
-             gw_pid: int) -> dict:
+             pids: dict[str, int]) -> dict:
+    """One step; ``pids``: the processes whose share of the cores is reported ("gateway" first)."""
+    gw_pid = pids["gateway"]
     # the field p carries a sequence number, so the count of landed points is exact per message
     n = int(rate * seconds)
     slab = PacketSlab(pub.qos)
@@ -235,6 +237,7 @@ def run_step(pub: Publisher, rate: int, seconds: float, devices: int, influx_url
     poller.start()
     chunk = max(1, rate // 100)  # send in 10 ms slices
     sent = 0
+    busy0 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
     t0 = time.perf_counter()
     while sent < n:
         due = int((time.perf_counter() - t0) * rate)
@@ -248,6 +251,8 @@ def run_step(pub: Publisher, rate: int, seconds: float, devices: int, influx_url
         pub.send(slab.build(np.arange(sent, k), ts_slice, devices, pub.next_ids(k - sent)))
         sent = k
     publish_s = time.perf_counter() - t0
+    # cores each process kept busy while the messages went out (the publisher: this process)
+    cores = {name: (proc_cpu_s(pid) - busy0[name]) / publish_s for name, pid in pids.items()}
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and (not counts or counts[-1][1] < n):
         time.sleep(0.25)
@@ -265,7 +270,7 @@ def run_step(pub: Publisher, rate: int, seconds: float, devices: int, influx_url
     return {"rate": rate, "sent": n, "achieved_rate": n / publish_s, "landed": landed,
             "lost": n - min(landed, n), "p50_s": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
             "p99_s": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
-            "cpu_us_per_msg": cpu / n * 1e6, "rss_mib": proc_hwm_mib(gw_pid)}
+            "cpu_us_per_msg": cpu / n * 1e6, "rss_mib": proc_hwm_mib(gw_pid), "cores": cores}
 
 
 def main() -> None:
@@ -298,16 +303,18 @@ def main() -> None:
             time.sleep(1.0)
             startup_peak = proc_hwm_mib(gw.pid)
             pub = Publisher("127.0.0.1", broker.port, args.qos)
+            pids = {"gateway": gw.pid, "mosquitto": broker.process.pid, "influxd": influxd.process.pid,
+                    "publisher": os.getpid()}
             print(f"\n{args.devices} devices, QoS {args.qos}, {args.step_s:g} s per step, everything on "
                   f"{os.cpu_count()} cores\n")
             print(f"{'rate/s':>8} {'achieved':>9} {'sent':>8} {'landed':>8} {'lost':>6} {'p50 s':>6} {'p99 s':>6} "
-                  f"{'CPU us/msg':>10} {'peak RSS MiB':>12}")
+                  f"{'CPU us/msg':>10} {'peak RSS MiB':>12}  cores busy while publishing")
             for rate in (int(r) for r in args.rates.split(",")):
-                r = run_step(pub, rate, args.step_s, args.devices, influx_url, db, gw.pid)
+                r = run_step(pub, rate, args.step_s, args.devices, influx_url, db, pids)
                 results.append(r)
                 print(f"{r['rate']:>8} {r['achieved_rate']:>9.0f} {r['sent']:>8} {r['landed']:>8} {r['lost']:>6} "
-                      f"{r['p50_s']:>6.2f} {r['p99_s']:>6.2f} {r['cpu_us_per_msg']:>10.1f} {r['rss_mib']:>12.0f}",
-                      flush=True)
+                      f"{r['p50_s']:>6.2f} {r['p99_s']:>6.2f} {r['cpu_us_per_msg']:>10.1f} {r['rss_mib']:>12.0f}  "
+                      + " ".join(f"{name} {c:.2f}" for name, c in r["cores"].items()), flush=True)
                 if r["lost"] or r["p99_s"] >= 1.0:
                     if r["landed"] == 0:
                         print("nothing landed; the gateway's log says:\n" + (work / "gateway.log").read_text()[-3000:])
