@@ -331,7 +331,7 @@ def main() -> None:
             print(f"\nhighest zero-loss rate with p99 < 1 s: {best['rate']}/s (achieved {best['achieved_rate']:.0f}/s), "
                   f"p99 {best['p99_s']:.2f} s, gateway CPU {best['cpu_us_per_msg']:.1f} us/msg, peak RSS "
                   f"{best['rss_mib']:.0f} MiB")
-        print(f"peak RSS of the gateway's start-up (warm-up, before it hands LLVM's pages back): {startup_peak:.0f} MiB; "
+        print(f"peak RSS of the gateway's start-up (warm-up, before it hands the start-up's file pages back): {startup_peak:.0f} MiB; "
               "each step's peak RSS is counted from the start of that step")
         print("peers on this machine class (from the issue): Node-RED 5 ~15,000/s at p99 0.3 s, 62 us/msg, 450 MB; "
               "ThingsBoard IoT gateway ~1,400/s")

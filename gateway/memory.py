@@ -2,20 +2,24 @@
 
 Two things, both measured with benchmarks/bench_end_to_end.py:
 
-**LLVM's code pages go back to the kernel once every kernel is compiled or loaded.**
+**The pages the start-up touched go back to the kernel once every kernel is compiled or loaded.**
 
 numba links its kernels with LLVM (llvmlite's one large shared library, ~180 MB on disk). Loading
 that library maps about 110 MiB of it into the gateway (the dynamic loader and the first calls touch
 it), and those pages stay counted in the gateway's resident memory although, after the warm-up,
-nothing runs LLVM any more: calling a compiled kernel goes straight to its machine code. On a Pi
-with 1 GB that is a tenth of the memory held for nothing.
+nothing runs LLVM any more: calling a compiled kernel goes straight to its machine code. The same
+holds, on a smaller scale, for the parts of Python, numpy, pydantic and the rest that only the
+imports, the configuration and the warm-up ran (another ~12 MiB). On a Pi with 1 GB that is more
+than a tenth of the memory held for nothing.
 
-``madvise(MADV_PAGEOUT)`` asks the kernel to reclaim those pages now (Linux 5.4+). They are clean
-pages of a file, so reclaiming them loses nothing: should anything compile later (a kernel met with
-new argument types), the pages it needs are read back from the file on demand. Writable mappings
-(relocated data) are left alone. The price: the kernel drops them from its page cache too, so the
-next start of the gateway reads them from disk again (on an SD card, a few seconds more), which a
-process that runs for weeks pays once.
+``madvise(MADV_PAGEOUT)`` on every read-only file mapping asks the kernel to reclaim those pages
+now (Linux 5.4+). They are clean pages of files, so reclaiming them loses nothing: what the gateway
+still runs comes back on its next use (measured: the working set settles within the first seconds),
+and should anything compile later (a kernel met with new argument types) LLVM's pages are read back
+too. Pages other processes also map (libc, say) are left where they are by the kernel; writable
+mappings (relocated data) are not touched. The price: the kernel drops those pages from its page
+cache too, so the next start of the gateway reads them from disk again (on an SD card, a few
+seconds more), which a process that runs for weeks pays once.
 
 **Large transient buffers go back to the kernel when freed.** glibc serves allocations above a
 threshold with their own mapping and returns it on free, but raises that threshold (up to 32 MiB)
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 from pathlib import Path
@@ -35,7 +40,6 @@ from pathlib import Path
 log = logging.getLogger("gateway")
 
 MADV_PAGEOUT = 21  # linux/mman.h, since 5.4
-LLVM_LIBRARY = "libllvmlite.so"
 M_MMAP_THRESHOLD = -3  # malloc.h
 MMAP_THRESHOLD_BYTES = 512 << 10
 
@@ -54,32 +58,39 @@ def return_large_buffers(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     return mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1
 
 
-def _mappings(library: str, maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
-    """(start, length) of every read-only or executable mapping of ``library``."""
+def _is_ours(fields: list[str], library: str | None) -> bool:
+    """A read-only mapping of a file (of ``library``, when given), from a maps or smaps header."""
+    if len(fields) < 6 or not fields[5].startswith("/") or "w" in fields[1]:
+        return False
+    return library is None or fields[5].endswith("/" + library)
+
+
+def _mappings(library: str | None = None, maps: str = "/proc/self/maps") -> list[tuple[int, int]]:
+    """(start, length) of every read-only file mapping (of ``library``, when given)."""
     found = []
     for line in Path(maps).read_text().splitlines():
         fields = line.split()
-        if len(fields) < 6 or not fields[5].endswith("/" + library) or "w" in fields[1]:
-            continue
-        start, end = (int(x, 16) for x in fields[0].split("-"))
-        found.append((start, end - start))
+        if _is_ours(fields, library):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            found.append((start, end - start))
     return found
 
 
-def resident_kib(library: str = LLVM_LIBRARY, smaps: str = "/proc/self/smaps") -> int:
-    """Resident KiB of ``library``'s mappings in this process (0 when it is not loaded)."""
+def resident_kib(library: str | None = None, smaps: str = "/proc/self/smaps") -> int:
+    """Resident KiB of this process' read-only file mappings (of ``library``, when given)."""
     total, inside = 0, False
     for line in Path(smaps).read_text().splitlines():
-        head = line.split(None, 1)[0]
-        if "-" in head and not head.endswith(":"):
-            inside = line.rstrip().endswith("/" + library)
-        elif inside and head == "Rss:":
-            total += int(line.split()[1])
+        fields = line.split()
+        if fields and "-" in fields[0] and not fields[0].endswith(":"):
+            inside = _is_ours(fields, library)
+        elif inside and fields and fields[0] == "Rss:":
+            total += int(fields[1])
     return total
 
 
-def release_compiler_pages(library: str = LLVM_LIBRARY) -> int:
-    """Ask the kernel to reclaim ``library``'s read-only pages; returns the resident KiB released.
+def release_file_pages(library: str | None = None) -> int:
+    """Ask the kernel to reclaim the pages of this process' read-only file mappings (of ``library``,
+    when given); returns the resident KiB released.
 
     Never raises: an older kernel or a platform without ``/proc`` only keeps the pages (logged).
     """
@@ -96,8 +107,10 @@ def release_compiler_pages(library: str = LLVM_LIBRARY) -> int:
     for start, length in regions:
         if libc.madvise(start, length, MADV_PAGEOUT) != 0:
             err = ctypes.get_errno()
-            log.info("", extra={"event": "compiler_pages_kept", "error": os.strerror(err)})
+            if err == errno.EINVAL and library is None:
+                continue  # a mapping that cannot be paged out (a special file): the others still can
+            log.info("", extra={"event": "file_pages_kept", "error": os.strerror(err)})
             return 0
     released = max(before - resident_kib(library), 0)
-    log.info("", extra={"event": "compiler_pages_released", "kib": released})
+    log.info("", extra={"event": "file_pages_released", "kib": released})
     return released

@@ -31,7 +31,7 @@ from drivers.polling import ERROR_KINDS, PolledDevice
 from gateway.config import Dlt645SerialBus, Dlt645TcpBus, GatewayConfig, InfluxDB1Sink, InfluxDB2Sink, ModbusTcpBus, Subscription
 from gateway.analytics import DEFAULT_DETECTORS, AlertEvent, Analytics, AnalyticsSettings, RuleTimes
 from gateway.logs import BurstLogger, log_event
-from gateway.memory import release_compiler_pages, return_large_buffers
+from gateway.memory import release_file_pages, return_large_buffers
 from gateway.pipeline import Pipeline
 from gateway.sinks.influxdb import AckGroup, InfluxV1Writer, InfluxV2Writer, OutboxSink, Writer
 from gateway.sinks.line_protocol import LineProtocolEncoder
@@ -538,7 +538,8 @@ class Gateway:
             # compile (or load from numba's cache) every kernel now, never on the first poll
             took = await asyncio.to_thread(warm_up)
             log_event(log, logging.INFO, "core_ready", "", seconds=round(took, 2))
-            release_compiler_pages()  # nothing runs LLVM from here on: its ~100 MiB of code pages go back
+            # nothing runs LLVM from here on, nor much of what the start-up ran: those pages go back
+            release_file_pages()
         settle_garbage_collector()
         for sink in self.sinks:
             sink.start()  # each sink creates its database itself, so a server that is down delays nothing

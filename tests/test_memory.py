@@ -1,5 +1,6 @@
-"""Keeping resident memory small: LLVM's code pages handed back after the warm-up (the pages go, and
-numba still works after), and large freed buffers returned to the kernel."""
+"""Keeping resident memory small: the file pages the start-up touched (LLVM's above all) handed back
+after the warm-up (the pages go, their bytes are still there, numba still works after), and large
+freed buffers returned to the kernel."""
 from __future__ import annotations
 
 import subprocess
@@ -7,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from gateway.memory import _mappings, release_compiler_pages, resident_kib
+from gateway.memory import _mappings, release_file_pages, resident_kib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,6 +29,9 @@ def test_only_read_only_mappings_of_the_library_are_chosen(tmp_path: Path) -> No
         "7f0000400000-7f0000500000 r-xp 00000000 fd:01 13 /usr/lib/libnotllvmlite.so.1\n"
         "7f0000500000-7f0000600000 rw-p 00000000 00:00 0 \n")
     assert _mappings("libllvmlite.so", str(maps)) == [(0x7F0000000000, 0x100000), (0x7F0000100000, 0x200000)]
+    # all read-only file mappings: not the writable one, not anonymous memory
+    assert _mappings(None, str(maps)) == [(0x7F0000000000, 0x100000), (0x7F0000100000, 0x200000),
+                                          (0x7F0000400000, 0x100000)]
 
 
 def test_pages_of_a_file_only_this_process_maps_are_reclaimed(tmp_path: Path) -> None:
@@ -36,12 +40,12 @@ def test_pages_of_a_file_only_this_process_maps_are_reclaimed(tmp_path: Path) ->
     blob.write_bytes(bytes(range(256)) * (16 << 12))
     out = _run(f"""
         import mmap
-        from gateway.memory import release_compiler_pages, resident_kib
+        from gateway.memory import release_file_pages, resident_kib
         f = open({str(blob)!r}, "rb")
         m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
         total = sum(m[i] for i in range(0, len(m), 4096))
         before = resident_kib("libblob.so")
-        released = release_compiler_pages("libblob.so")
+        released = release_file_pages("libblob.so")
         after = resident_kib("libblob.so")
         assert m[4096 * 7 + 5] == 5, "the bytes are still there, read back on demand"
         print(before, released, after)
@@ -55,10 +59,10 @@ def test_pages_of_a_file_only_this_process_maps_are_reclaimed(tmp_path: Path) ->
 def test_numba_compiles_and_runs_after_the_release() -> None:
     out = _run("""
         import numba, numpy as np
-        from gateway.memory import release_compiler_pages
+        from gateway.memory import release_file_pages
         from pipelines.warmup import warm_up
         warm_up()
-        release_compiler_pages()
+        release_file_pages()  # every read-only file mapping: Python's, numpy's, LLVM's
         @numba.njit
         def twice(a):
             return a * 2.0
@@ -68,7 +72,7 @@ def test_numba_compiles_and_runs_after_the_release() -> None:
 
 
 def test_nothing_to_release_when_the_library_is_not_loaded() -> None:
-    assert release_compiler_pages("libnot-loaded-anywhere.so") == 0
+    assert release_file_pages("libnot-loaded-anywhere.so") == 0
     assert resident_kib("libnot-loaded-anywhere.so") == 0
 
 
