@@ -535,8 +535,9 @@ class Gateway:
     async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> None:
         return_large_buffers()
         if self.analytics is not None:
-            # compile (or load from numba's cache) every kernel now, never on the first poll
-            took = await asyncio.to_thread(warm_up)
+            # compile (or load from numba's cache) every kernel now, never on the first poll; the file
+            # pages each compile touched are unmapped before the next (gateway/memory.py)
+            took = await asyncio.to_thread(warm_up, before_each=partial(release_file_pages, evict=False))
             log_event(log, logging.INFO, "core_ready", "", seconds=round(took, 2))
             # nothing runs LLVM from here on, nor much of what the start-up ran: those pages go back
             release_file_pages()

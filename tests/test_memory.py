@@ -1,6 +1,7 @@
 """Keeping resident memory small: the file pages the start-up touched (LLVM's above all) handed back
-after the warm-up (the pages go, their bytes are still there, numba still works after), and large
-freed buffers returned to the kernel."""
+after the warm-up (the pages go, their bytes are still there, numba still works after), unmapped
+between two kernel compiles (never a mapping the loader wrote to), and large freed buffers returned
+to the kernel."""
 from __future__ import annotations
 
 import subprocess
@@ -32,6 +33,103 @@ def test_only_read_only_mappings_of_the_library_are_chosen(tmp_path: Path) -> No
     # all read-only file mappings: not the writable one, not anonymous memory
     assert _mappings(None, str(maps)) == [(0x7F0000000000, 0x100000), (0x7F0000100000, 0x200000),
                                           (0x7F0000400000, 0x100000)]
+
+
+def test_unmapping_takes_only_mappings_without_private_copies(tmp_path: Path) -> None:
+    smaps = tmp_path / "smaps"
+    smaps.write_text(
+        "7f0000000000-7f0000100000 r--p 00000000 fd:01 12 /venv/llvmlite/binding/libllvmlite.so\n"
+        "Rss:                 400 kB\n"
+        "Anonymous:             0 kB\n"
+        "7f0000100000-7f0000110000 r--p 00100000 fd:01 12 /venv/llvmlite/binding/libllvmlite.so\n"
+        "Rss:                  64 kB\n"
+        "Anonymous:            64 kB\n"  # relocated by the loader, then made read-only
+        "7f0000400000-7f0000500000 r-xp 00000000 fd:01 13 /usr/lib/libnotllvmlite.so.1\n"
+        "Anonymous:             0 kB\n")
+    assert _mappings("libllvmlite.so", str(smaps), unwritten_only=True) == [(0x7F0000000000, 0x100000)]
+    assert _mappings("libllvmlite.so", str(smaps)) == [(0x7F0000000000, 0x100000), (0x7F0000100000, 0x10000)]
+    # a maps file says nothing of private copies: nothing is safe to unmap
+    maps = tmp_path / "maps"
+    maps.write_text("7f0000000000-7f0000100000 r--p 00000000 fd:01 12 /venv/llvmlite/binding/libllvmlite.so\n")
+    assert _mappings(None, str(maps), unwritten_only=True) == []
+
+
+def test_unmapped_pages_read_back_and_written_private_pages_are_kept(tmp_path: Path) -> None:
+    clean = tmp_path / "libclean.so"
+    clean.write_bytes(bytes(range(256)) * (16 << 12))  # 16 MiB
+    relocated = tmp_path / "librelocated.so"
+    relocated.write_bytes(b"\0" * (1 << 20))
+    out = _run(f"""
+        import ctypes, mmap
+        from gateway.memory import release_file_pages, resident_kib
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        f = open({str(clean)!r}, "rb")
+        m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+        total = sum(m[i] for i in range(0, len(m), 4096))
+        # what the dynamic loader does to a RELRO segment: private, written, then read-only
+        g = open({str(relocated)!r}, "r+b")
+        r = mmap.mmap(g.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        r[0:8] = b"RELOCATD"
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(r))
+        assert libc.mprotect(addr, len(r), mmap.PROT_READ) == 0
+        before = resident_kib("libclean.so")
+        released = release_file_pages(None, evict=False)
+        after = resident_kib("libclean.so")
+        assert m[4096 * 7 + 5] == 5, "the bytes are read back from the page cache"
+        assert r[0:8] == b"RELOCATD", "a private copy must never be thrown away"
+        print(before, after, released > 0)
+    """)
+    before, after, released = out.split()
+    assert int(before) >= 15 * 1024
+    assert int(after) <= int(before) // 8
+    assert released == "True"
+
+
+NUMBA_AFTER_UNMAPPING = """
+import json, numpy as np
+from gateway.memory import release_file_pages
+from pipelines.warmup import warm_up
+calls = []
+warm_up(threads=2, before_each=lambda: calls.append(release_file_pages(evict=False)))
+from pipelines.batch import ReadingBatch
+from pipelines.detect import DetectorParams, DetectorState, pack_params, score_batch
+rng = np.random.default_rng(3)
+series = np.tile(np.arange(4, dtype=np.int32), 200)
+ts = 10**18 + np.repeat(np.arange(200, dtype=np.int64), 4) * 60 * 10**9
+value = np.cumsum(rng.uniform(0, 1, 800)) + np.where(np.arange(800) == 555, 90.0, 0.0)
+score, reason = score_batch(ReadingBatch.from_arrays(series, ts, value), DetectorState(4),
+                            pack_params([DetectorParams()]), np.zeros(4, np.int32), np.zeros(4, bool))
+print(json.dumps({"calls": len(calls), "unmapped_kib": sum(calls), "score": score.tolist(),
+                  "reason": reason.tolist()}))
+"""
+
+
+def test_kernels_compiled_with_pages_unmapped_between_them_give_the_same_results(tmp_path: Path) -> None:
+    # an empty cache: every kernel compiles, LLVM's pages unmapped before each; the compiled code
+    # must score exactly as the kernels this process loaded
+    import json
+    import os
+
+    import numpy as np
+
+    from pipelines.batch import ReadingBatch
+    from pipelines.detect import DetectorParams, DetectorState, pack_params, score_batch
+
+    done = subprocess.run([sys.executable, "-c", NUMBA_AFTER_UNMAPPING], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache")))
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["calls"] == 6  # one before each kernel's first call
+    assert got["unmapped_kib"] > 10 * 1024  # LLVM's pages, at least
+    rng = np.random.default_rng(3)
+    series = np.tile(np.arange(4, dtype=np.int32), 200)
+    ts = 10**18 + np.repeat(np.arange(200, dtype=np.int64), 4) * 60 * 10**9
+    value = np.cumsum(rng.uniform(0, 1, 800)) + np.where(np.arange(800) == 555, 90.0, 0.0)
+    score, reason = score_batch(ReadingBatch.from_arrays(series, ts, value), DetectorState(4),
+                                pack_params([DetectorParams()]), np.zeros(4, np.int32), np.zeros(4, bool))
+    assert got["score"] == score.tolist() and got["reason"] == reason.tolist()
+    assert max(got["score"]) > 0.5  # the spike is scored: the comparison compares something
 
 
 def test_pages_of_a_file_only_this_process_maps_are_reclaimed(tmp_path: Path) -> None:
