@@ -89,6 +89,14 @@ def _in_cache(kernel) -> bool:
         return False
 
 
+def _initialise_compiler() -> None:
+    """What numba does at the first compile of a process (~0.3 s here: its typing and target
+    registries and LLVM's set-up), done by compiling a one-line function."""
+    import numba
+
+    numba.njit(lambda x: x + 1)(1)
+
+
 def _fork_compiler(work: Callable[[], None]) -> int | None:
     """Run ``work`` in a forked child (its kernels land in numba's cache); the child's pid, or None
     where there is no fork or one core only (a child would only take turns with this process)."""
@@ -141,6 +149,7 @@ def warm_up(threads: int = 1, before_each: Callable[[], object] | None = None,
     step = before_each if before_each is not None else (lambda: None)
     child = None
     if parallel and not all(_in_cache(k) for k in _OTHER_KERNELS):
+        _initialise_compiler()  # once, before the fork: the child inherits it instead of paying it
         child = _fork_compiler(lambda: _other_kernels(step))
     _detector_kernels(step, threads)
     if child is not None:
