@@ -6,6 +6,7 @@ actually put on the wire (firmware-sim's served log), exactly.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -35,8 +36,9 @@ SENSORS = [
 ]
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            env=None if env is None else {**os.environ, **env})
 
 
 def stop(proc: subprocess.Popen, timeout: float = 15.0) -> int:
