@@ -501,8 +501,19 @@ def _child(cache_dir: str, hide_scipy: bool, first_result: bool) -> dict[str, fl
             "end_file_clean_mib": end.get("Shared_Clean", 0.0) + end.get("Private_Clean", 0.0)}
 
 
+def numba_import_rss_mib() -> float:
+    """Peak RSS of a process that only imports numba: the floor under the compiling process' peak.
+    Most of it is libllvmlite.so's file pages, and how many of them a fault maps depends on how the
+    file sits in the page cache: on a kernel with large folios for ext4 (6.18 here), a file written
+    in large chunks (pip's install) is mapped 2 MiB at a time (~160 MiB for this import), one read
+    in through faults (after a reboot, or once evicted) 4-64 KiB at a time (~90 MiB)."""
+    code = ("import numba; print([l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return int(out.split()[-1]) / 1024
+
+
 def bench_startup() -> dict[str, dict[str, float]]:
-    res = {}
+    res = {"numba_import_rss_mib": numba_import_rss_mib()}
     for hide in (False, True):
         with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
             cold = _child(cache, hide, first_result=False)
@@ -586,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
              f">= {TARGETS['intervals_vs_polars']:.0f}x, agree={iv['polars_agree']}"),
         ]
     if st:
+        rows.append(("peak RSS of a process that only imports numba (MiB; see numba_import_rss_mib)",
+                     f"{st['numba_import_rss_mib']:.0f}", ""))
         for key, label in (("no_scipy", "gateway install (no scipy)"), ("with_scipy", "bench venv (scipy present)")):
             s = st[key]
             rows += [
