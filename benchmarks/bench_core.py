@@ -5,16 +5,20 @@
 
 1. Detectors: every detector of pipelines.detect in one pass over N interleaved points (S series,
    30 % of them kWh counters), in arrival order; once as one batch and once in batches of 1,000.
-2. EWMA z-score (the level statistic without clipping, pipelines.detect.ewma_zscore): numba against
-   polars (``ewm_mean(...).over(series)``), pandas (group-by ``ewm``) and river (``stats.EWMean``
-   per series and point, on a smaller sample, scaled). Results are checked to agree.
+2. Peers: the EWMA z-score (the level statistic without clipping, pipelines.detect.ewma_zscore)
+   with polars (``ewm_mean(...).over(series)``), pandas (group-by ``ewm``) and river
+   (``stats.EWMean`` per series and point, on a smaller sample, scaled), checked to agree with the
+   numba kernel; and the same five detectors per point with river's statistics
+   (benchmarks/river_detectors.py), checked on injected spikes and level shifts.
 3. 15-minute interval energy and building roll-up from kWh counters (S meters, 100 per building,
    5 % PV): numba (VEE + intervals + roll-up; VEE and intervals pipelined on two threads) against
    pandas and polars doing the same apportioning and group-bys (without VEE). Building interval
    energy is checked to agree.
-4. Start-up, each in a fresh process: all kernels compiled with an empty NUMBA_CACHE_DIR (and peak
-   RSS), and the first detector result with the cache warm. numba imports scipy when it is
-   installed (only to look for BLAS); the gateway's own install has no scipy, so both are shown.
+4. Start-up, each in a fresh process: all kernels compiled with an empty NUMBA_CACHE_DIR as the
+   gateway's warm-up does it (in two processes: a forked child compiles the alert and energy
+   kernels), fastest of three, with the peak RSS of the process and of its compile child; and the
+   first detector result with the cache warm. numba imports scipy when it is installed (only to
+   look for BLAS); the gateway's own install has no scipy, so both are shown.
 
 Peers (polars, pandas, river) are benchmark-only dependencies (the ``bench`` extra).
 """
@@ -512,15 +516,26 @@ def numba_import_rss_mib() -> float:
     return int(out.split()[-1]) / 1024
 
 
+COLD_STARTS = 3
+
+
 def bench_startup() -> dict[str, dict[str, float]]:
     res = {"numba_import_rss_mib": numba_import_rss_mib()}
     for hide in (False, True):
+        # three cold starts, each with an empty cache (this VM's noise moves one by +-0.3 s): the
+        # fastest, as for every speed figure here, and the range; memory is the largest of the three
+        colds = []
+        for _ in range(COLD_STARTS):
+            with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
+                colds.append(_child(cache, hide, first_result=False))
         with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
-            cold = _child(cache, hide, first_result=False)
+            _child(cache, hide, first_result=False)
             warm = min((_child(cache, hide, first_result=True) for _ in range(3)), key=lambda r: r["first_s"])
+        cold = min(colds, key=lambda r: r["all_s"])
         res["no_scipy" if hide else "with_scipy"] = {
-            "cold_all_s": cold["all_s"], "cold_rss_mib": cold["rss_mib"], "cold_anon_peak_mib": cold["anon_peak_mib"],
-            "cold_child_rss_mib": cold["child_rss_mib"],
+            "cold_all_s": cold["all_s"], "cold_all_s_max": max(r["all_s"] for r in colds),
+            "cold_rss_mib": max(r["rss_mib"] for r in colds), "cold_anon_peak_mib": cold["anon_peak_mib"],
+            "cold_child_rss_mib": max(r["child_rss_mib"] for r in colds),
             "cold_end_anon_mib": cold["end_anon_mib"], "cold_end_file_clean_mib": cold["end_file_clean_mib"],
             "warm_first_s": warm["first_s"], "warm_all_s": warm["all_s"], "warm_rss_mib": warm["rss_mib"],
         }
@@ -605,9 +620,9 @@ def main(argv: list[str] | None = None) -> int:
                 (f"first result, warm cache [{label}] (s)", f"{s['warm_first_s']:.2f}",
                  f"<= {TARGETS['first_result_warm_s']}"),
                 (f"all kernels loaded, warm cache [{label}] (s)", f"{s['warm_all_s']:.2f}", ""),
-                (f"all kernels compiled, no cache [{label}] (s)", f"{s['cold_all_s']:.2f}",
-                 f"<= {TARGETS['compile_cold_s']}"),
-                (f"peak RSS of the compiling process [{label}] (MiB)", f"{s['cold_rss_mib']:.0f}",
+                (f"all kernels compiled, no cache [{label}] (s, fastest of {COLD_STARTS})", f"{s['cold_all_s']:.2f}",
+                 f"<= {TARGETS['compile_cold_s']} (slowest {s['cold_all_s_max']:.2f})"),
+                (f"peak RSS of the compiling process [{label}] (MiB, largest of {COLD_STARTS})", f"{s['cold_rss_mib']:.0f}",
                  f"<= {TARGETS['peak_rss_mib']:.0f}"),
                 (f"  of it: peak anonymous (sampled) [{label}] (MiB)", f"{s['cold_anon_peak_mib']:.0f}", ""),
                 (f"  peak RSS of its compile child (energy kernels) [{label}] (MiB)",
