@@ -18,6 +18,8 @@ fails or the cache cannot be written, this process compiles them itself: slower,
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import time
 import warnings
 from typing import Callable
@@ -102,20 +104,44 @@ def _fork_compiler(work: Callable[[], None]) -> int | None:
     where there is no fork or one core only (a child would only take turns with this process)."""
     if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
         return None
+    # SIGINT and SIGTERM stay blocked in the child until it has dropped the parent's handlers (the
+    # mask is this thread's, and the child inherits it; the process' other threads take them)
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     with warnings.catch_warnings():  # Python 3.12+ warns when forking a process with threads: the
         warnings.simplefilter("ignore", DeprecationWarning)  # child only compiles and _exits
         try:
             pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             return None
     if pid:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return pid
     code = 1
     try:
+        _detach_from_parent()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         work()
         code = 0
     finally:
         os._exit(code)  # never returns into the caller's code, never runs its atexit or flushes
+
+
+def _detach_from_parent() -> None:
+    """In the compile child: what it inherited from a running gateway must not act for it."""
+    # A signal to the child takes its default action (the gateway's handlers would otherwise run
+    # here, and asyncio's wake-up fd, shared with the parent, would hand the parent's event loop a
+    # signal the parent never got). After a fork the forking thread is the main thread.
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+    except ValueError:  # (not the main thread: cannot happen after a fork, but never fail here)
+        pass
+    # Its own stdout and stderr objects: another thread of the parent may have held their locks at
+    # the fork, and a warning written here would then wait for ever.
+    sys.stdout = sys.stderr = open(os.devnull, "w")
 
 
 def _wait(pid: int, timeout_s: float) -> bool:

@@ -105,3 +105,32 @@ def test_a_compile_child_that_dies_leaves_this_process_to_compile_everything(tmp
     assert got["forked"] == 1
     assert set(got["how"].values()) == {"compiled"}
     assert got["energy"] == energy_sample()
+
+
+SIGNAL_TO_THE_CHILD = """
+import asyncio, json, os, signal, time
+import pipelines.warmup as W
+seen = []
+
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: seen.append("TERM"))
+    # forked from a worker thread while the loop waits, as the gateway's warm-up is
+    pid = await asyncio.to_thread(W._fork_compiler, lambda: time.sleep(30))
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    ok = await asyncio.to_thread(W._wait, pid, 20)
+    await asyncio.sleep(0.3)  # time for a wake-up byte to reach this loop, if one was sent
+    print(json.dumps({"seen": seen, "child_ok": ok, "child_s": time.monotonic() - t0}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_signal_to_the_compile_child_is_the_childs_alone():
+    done = subprocess.run([sys.executable, "-c", SIGNAL_TO_THE_CHILD], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["seen"] == []  # the gateway's event loop never saw the child's SIGTERM
+    assert got["child_ok"] is False and got["child_s"] < 10  # the child died of it, at once
