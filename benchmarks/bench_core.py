@@ -625,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
                 (f"peak RSS of the compiling process [{label}] (MiB, largest of {COLD_STARTS})", f"{s['cold_rss_mib']:.0f}",
                  f"<= {TARGETS['peak_rss_mib']:.0f}"),
                 (f"  of it: peak anonymous (sampled) [{label}] (MiB)", f"{s['cold_anon_peak_mib']:.0f}", ""),
-                (f"  peak RSS of its compile child (energy kernels) [{label}] (MiB)",
+                (f"  peak RSS of its compile child (alert and energy kernels) [{label}] (MiB)",
                  f"{s['cold_child_rss_mib']:.0f}", ""),
                 (f"  at exit: anonymous / clean file pages [{label}] (MiB)",
                  f"{s['cold_end_anon_mib']:.0f}/{s['cold_end_file_clean_mib']:.0f}", ""),

@@ -9,10 +9,12 @@ specialisations are the ones the run loop uses.
 
 With an empty cache the kernels are compiled in two processes at once: numba compiles under one
 global lock, almost all of it in Python (type inference and lowering; LLVM itself is ~1/4), so a
-second thread gains nothing, but a forked child that compiles the energy kernels (VEE, intervals,
-roll-up) into the cache while this process compiles the detectors halves the wall time on two
-cores. This process then loads the child's kernels from the cache (milliseconds). If the child
-fails or the cache cannot be written, this process compiles them itself: slower, never wrong.
+second thread gains nothing, but a forked child that compiles the alert, VEE, interval and roll-up
+kernels into the cache while this process compiles the detector kernel (about as long) takes the
+wall time on two cores from ~4 s to ~2.2 s here (docs/core.md). numba's one-time set-up is done
+before the fork, so the child inherits it. This process then loads the child's kernels from the
+cache (milliseconds). If the child fails, takes too long or cannot write the cache, this process
+compiles them itself: slower, never different.
 ``ewma_zscore`` is not warmed: it is the benchmarks' reference statistic, the gateway never runs it.
 """
 from __future__ import annotations
@@ -27,7 +29,15 @@ from typing import Callable
 import numpy as np
 
 from pipelines.batch import ReadingBatch
-from pipelines.detect import _alert_kernel, AlertState, DetectorParams, DetectorState, pack_params, score_batch, update_alerts
+from pipelines.detect import (
+    AlertState,
+    DetectorParams,
+    DetectorState,
+    _alert_kernel,
+    pack_params,
+    score_batch,
+    update_alerts,
+)
 from pipelines.intervals import IntervalState, _interval_kernel, accumulate_intervals, flush_intervals
 from pipelines.rollup import _rollup_kernel, rollup
 from pipelines.validate import VeeParams, VeeState, _vee_kernel, pack_vee_params, validate_batch
@@ -169,7 +179,7 @@ def warm_up(threads: int = 1, before_each: Callable[[], object] | None = None,
     ``threads > 1`` also prepares the multi-threaded detector driver (``score_batch(threads=...)``).
     ``before_each`` is called before each kernel's first call (the gateway unmaps the file pages
     the previous compile touched, so the compiles' pages are never all resident at once).
-    ``parallel``: compile the energy kernels in a forked child when they are not in the cache.
+    ``parallel``: compile the alert and energy kernels in a forked child when they are not in the cache.
     """
     t0 = time.perf_counter()
     step = before_each if before_each is not None else (lambda: None)
