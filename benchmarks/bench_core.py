@@ -38,6 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # river_detectors, the river peer
 
 from pipelines.batch import ReadingBatch  # noqa: E402
 from pipelines.detect import (  # noqa: E402
@@ -51,8 +52,6 @@ from pipelines.detect import (  # noqa: E402
 from pipelines.intervals import IntervalState, concat_rows, flush_intervals, validate_and_accumulate  # noqa: E402
 from pipelines.rollup import rollup  # noqa: E402
 from pipelines.synthetic import MINUTE_NS, T0_NS, daily_profile, interleave  # noqa: E402
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
 from pipelines.validate import VeeParams, VeeState, pack_vee_params  # noqa: E402
 from pipelines.warmup import warm_up  # noqa: E402
 
@@ -271,8 +270,6 @@ def river_flags_the_same_faults(n_series: int = 40, days: int = 3, seed: int = 7
         fault[at[1] + 1:at[1] + 120, j] = True  # (and flags during it are not false alarms)
     value = kw[tick, series]
     is_fault = fault[tick, series]
-    starts = np.zeros((n_ticks, n_series), dtype=bool)
-    starts[np.argwhere(fault)[:, 0], np.argwhere(fault)[:, 1]] = True
     counters = np.zeros(n_series, dtype=bool)
     ours, _ = score_batch(ReadingBatch.from_arrays(series, ts, value), DetectorState(n_series),
                           pack_params([DETECTOR_KINDS[0]]), np.zeros(n_series, np.int32), counters)
@@ -523,13 +520,14 @@ def bench_startup() -> dict[str, dict[str, float]]:
     res = {"numba_import_rss_mib": numba_import_rss_mib()}
     for hide in (False, True):
         # three cold starts, each with an empty cache (this VM's noise moves one by +-0.3 s): the
-        # fastest, as for every speed figure here, and the range; memory is the largest of the three
+        # fastest, as for every speed figure here, and the range; memory is the largest of the three.
+        # The last one fills the cache the warm starts then load.
         colds = []
-        for _ in range(COLD_STARTS):
+        for _ in range(COLD_STARTS - 1):
             with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
                 colds.append(_child(cache, hide, first_result=False))
         with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
-            _child(cache, hide, first_result=False)
+            colds.append(_child(cache, hide, first_result=False))
             warm = min((_child(cache, hide, first_result=True) for _ in range(3)), key=lambda r: r["first_s"])
         cold = min(colds, key=lambda r: r["all_s"])
         res["no_scipy" if hide else "with_scipy"] = {

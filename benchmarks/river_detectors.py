@@ -16,18 +16,16 @@ import math
 import numpy as np
 
 from pipelines.detect import (
+    DAY_NS,
+    HOUR_NS,
     MAD_TO_SIGMA,
     REASON_COUNTER,
     REASON_FLATLINE,
     REASON_LEVEL,
-    REASON_NONE,
     REASON_SEASONAL,
     REASON_SPIKE,
     DetectorParams,
 )
-
-DAY_NS = 86_400 * 1_000_000_000
-HOUR_NS = 3_600 * 1_000_000_000
 
 
 def _ramp(ar: float, scale: float, z_lo: float, z_hi: float) -> float:
@@ -164,11 +162,9 @@ def river_detectors(series: np.ndarray, ts: np.ndarray, value: np.ndarray, is_co
                         (s_lvl, REASON_LEVEL)):
             if sc > best:
                 best, reason = sc, why
-        if best > 0.0:
+        if best > 0.0:  # (otherwise the zeros already there: score 0, REASON_NONE)
             out_score[i] = best
             out_reason[i] = reason
-        else:
-            out_reason[i] = REASON_NONE
     return out_score, out_reason
 
 
